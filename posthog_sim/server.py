@@ -1,0 +1,1114 @@
+"""HTTP servers (API, storage, foreign) and the Simulator facade."""
+from __future__ import annotations
+
+import base64
+import calendar
+import binascii
+import hashlib
+import hmac
+import http
+import json
+import math
+import os
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from . import content as C
+from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
+from .dataset import Dataset
+
+SUNSET = "Fri, 31 Jul 2026 00:00:00 GMT"
+PAGE_SIZE = 100
+EXPORT_FORMATS = (C.PNG, C.PDF, C.CSV, C.XLSX, C.WEBM, C.MP4, C.GIF, C.JSON_FMT, C.JSONL)
+_GROUPS_TYPES_CUSTOM = ("update_metadata", "create_detail_dashboard", "set_default_columns")
+
+
+# ====================================================================== helpers
+def dumps(obj: Any) -> bytes:
+    """DRF JSONRenderer: compact, unicode, with U+2028/2029 escaped."""
+    s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if "\u2028" in s or "\u2029" in s:
+        s = s.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return s.encode("utf-8")
+
+
+def err_body(type_: str, code: str, detail: str, attr: str | None = None) -> dict:
+    return {"type": type_, "code": code, "detail": detail, "attr": attr}
+
+
+def encode_cursor(created_us: int, key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"c": created_us, "k": key}).encode()).decode()
+
+
+def decode_cursor(raw: str | None) -> tuple[int, str] | None:
+    """PostHog rules: anything undecodable or in the old {"c","i"} format -> page 1 (None)."""
+    if not raw:
+        return None
+    try:
+        pad = "=" * (-len(raw) % 4)
+        data = json.loads(base64.urlsafe_b64decode(raw + pad).decode("utf-8"))
+        if not isinstance(data, dict) or "k" not in data or "c" not in data:
+            return None
+        c, k = data["c"], data["k"]
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not isinstance(k, str):
+            return None
+        c = int(c)
+        if 0 < c < 10**15:
+            c *= 1000
+        return c, k
+    except (ValueError, binascii.Error, UnicodeDecodeError, TypeError, OverflowError):
+        return None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = "application/json"
+    stream: Iterable[bytes] | None = None
+    length: int | None = None  # for streams
+    endpoint: str = "unknown"
+
+
+def json_response(status: int, obj: Any, endpoint: str = "unknown", headers=None) -> Response:
+    return Response(status, dumps(obj), list(headers or []), "application/json", endpoint=endpoint)
+
+
+def error(status: int, type_: str, code: str, detail: str, attr: str | None = None, endpoint: str = "unknown",
+          headers=None) -> Response:
+    return json_response(status, err_body(type_, code, detail, attr), endpoint, headers)
+
+
+def not_found(detail: str = "Not found.", endpoint: str = "unknown") -> Response:
+    return error(404, "invalid_request", "not_found", detail, None, endpoint)
+
+
+def endpoint_not_found() -> Response:
+    return not_found("Endpoint not found.", "unknown")
+
+
+def validation(detail: str, attr: str | None, code: str = "invalid_input", endpoint: str = "unknown") -> Response:
+    return error(400, "validation_error", code, detail, attr, endpoint)
+
+
+def s3_error(status: int, code: str, message: str, resource: str = "") -> Response:
+    rid = hashlib.md5(f"{code}{time.time()}".encode()).hexdigest()[:16].upper()
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<Resource>{resource}</Resource><RequestId>{rid}</RequestId></Error>").encode()
+    return Response(status, body, [("x-amz-request-id", rid)], "application/xml", endpoint="storage")
+
+
+# ====================================================================== throttling
+class RateLimiter:
+    """DRF SimpleRateThrottle semantics, one history per (key, window)."""
+
+    def __init__(self, limits: tuple[tuple[int, float], ...]):
+        self.limits = tuple(limits or ())
+        self._hist: dict[tuple[str, int], deque] = {}
+        self._lock = threading.Lock()
+
+    def check(self, ident: str) -> float | None:
+        """Record the request; return None if allowed, else the wait in seconds (max over refusing windows)."""
+        if not self.limits:
+            return None
+        waits = []
+        with self._lock:
+            now = time.monotonic()
+            for n, (count, duration) in enumerate(self.limits):
+                hist = self._hist.setdefault((ident, n), deque())
+                while hist and hist[-1] <= now - duration:
+                    hist.pop()
+                if len(hist) >= count:
+                    remaining = duration - (now - hist[-1]) if hist else duration
+                    available = count - len(hist) + 1
+                    if available > 0:
+                        waits.append(remaining / available)
+                    else:
+                        waits.append(None)
+                else:
+                    hist.appendleft(now)
+        if not waits:
+            return None
+        real = [w for w in waits if w is not None]
+        return max(real) if real else 0.0
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hist.clear()
+
+
+def throttled_response(wait: float, endpoint: str) -> Response:
+    w = math.ceil(wait)
+    detail = f"Request was throttled. Expected available in {w} second{'' if w == 1 else 's'}."
+    return error(429, "throttled_error", "throttled", detail, None, endpoint, [("Retry-After", "%d" % w)])
+
+
+# ====================================================================== faults
+class _FaultAbort(Exception):
+    pass
+
+
+# ====================================================================== API application
+@dataclass
+class Ctx:
+    method: str
+    path: str
+    query: str
+    params: dict
+    headers: Any
+    body: bytes
+    host: str
+    prefix: str  # "projects" | "environments"
+    pid_raw: str
+    rest: list[str]
+    user_id: int = 0
+    key: str | None = None
+    scopes: tuple = ()
+
+
+class ApiApp:
+    def __init__(self, sim: "Simulator"):
+        self.sim = sim
+        self.cfg: SimConfig = sim.cfg
+        self.ds: Dataset = sim.dataset
+        self._page_cache: OrderedDict = OrderedDict()
+        self._page_lock = threading.Lock()
+
+    # -------------------------------------------------------------- top-level
+    def handle(self, method: str, path: str, query: str, headers, body: bytes, host: str) -> Response:
+        if not path.startswith("/api/") and path != "/api":
+            r = Response(404, b"<!doctype html><title>Not Found</title><h1>Not Found</h1>"
+                              b"<p>The requested resource was not found on this server.</p>",
+                         content_type="text/html; charset=utf-8", endpoint="non_api")
+            return r
+        m = re.match(r"^/api/(projects|environments)/([^/]+)(?:/(.*))?$", path)
+        if not m:
+            return endpoint_not_found()
+        prefix, pid_raw, rest = m.group(1), m.group(2), (m.group(3) or "")
+        segs = [s for s in rest.split("/") if s != ""] if rest else []
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        ctx = Ctx(method, path, query, params, headers, body, host, prefix, pid_raw, segs)
+        resp = self._route(ctx)
+        if prefix == "environments":
+            succ = "/api/projects/" + pid_raw + "/" + rest
+            if query:
+                succ += "?" + query
+            resp.headers += [("Deprecation", "true"), ("Link", f'<{succ}>; rel="successor-version"'),
+                             ("Sunset", SUNSET)]
+        return resp
+
+    def _route(self, ctx: Ctx) -> Response:
+        s = ctx.rest
+        n = len(s)
+        pd_mode = self.cfg.property_definitions
+        route: tuple | None = None  # (endpoint, {method: scope}, handler, quirk403)
+        if n == 1 and s[0] == "groups_types":
+            route = ("groups_types", {"GET": "group:read"}, self.groups_types, True)
+        elif n == 2 and s[0] == "groups_types" and s[1] in _GROUPS_TYPES_CUSTOM:
+            meth = "PATCH" if s[1] == "update_metadata" else "PUT"
+            route = ("groups_types/" + s[1], {meth: None}, self.groups_types_custom, True)
+        elif n == 2 and s[0] == "groups_types":
+            route = ("groups_types/:idx", {"DELETE": "group:write"}, self.groups_types_delete, False)
+        elif n == 1 and s[0] == "groups":
+            route = ("groups", {"GET": "group:read", "POST": "group:write"}, self.groups, False)
+        elif n == 2 and s[0] == "groups" and s[1] == "find":
+            route = ("groups/find", {"GET": "group:read"}, self.groups_find, False)
+        elif n == 2 and s[0] == "groups" and s[1] == "property_values":
+            route = ("groups/property_values", {"GET": "group:read"}, self.groups_property_values, False)
+        elif n == 2 and s[0] == "groups" and s[1] == "property_definitions" and pd_mode == "legacy":
+            route = ("groups/property_definitions", {"GET": "group:read"}, self.groups_property_definitions, False)
+        elif n == 1 and s[0] == "property_definitions" and pd_mode == "current":
+            route = ("property_definitions", {"GET": "property_definition:read"}, self.property_definitions, False)
+        elif n == 1 and s[0] == "exports":
+            route = ("exports", {"GET": "export:read", "POST": "export:write"}, self.exports, False)
+        elif n == 2 and s[0] == "exports":
+            route = ("exports/:id", {"GET": "export:read"}, self.export_retrieve, False)
+        elif n == 3 and s[0] == "exports" and s[2] == "content":
+            route = ("exports/:id/content", {"GET": "export:read"}, self.export_content, False)
+        elif s and s[0] == "explicit_members" and n <= 2 and self.cfg.explicit_members == "legacy":
+            if n == 1:
+                route = ("explicit_members", {"GET": "project:read", "POST": "project:write"},
+                         self.explicit_members, False)
+            else:
+                route = ("explicit_members/:uuid", {"GET": "project:read", "DELETE": "project:write",
+                                                    "PATCH": "project:write", "PUT": "project:write"},
+                         self.explicit_member, False)
+        if route is None:
+            return endpoint_not_found()
+        endpoint, methods, handler, quirk = route
+        # ---- authentication
+        key, source = self._find_key(ctx)
+        auth_status = 403 if quirk else 401
+        auth_headers = [] if quirk else [
+            ("WWW-Authenticate", f'Bearer resource_metadata="{self.sim.api_url}/.well-known/oauth-protected-resource"')]
+        if key is None:
+            return error(auth_status, "authentication_error", "not_authenticated",
+                         "Authentication credentials were not provided.", None, endpoint, auth_headers)
+        info = self.sim.keys.get(key)
+        if info is None or key.startswith("pha_"):
+            return error(auth_status, "authentication_error", "authentication_failed",
+                         f"Personal API key found in request {source} is invalid.", None, endpoint, auth_headers)
+        ctx.key, ctx.user_id, ctx.scopes = key, info[0], tuple(info[1])
+        # ---- project
+        if not (ctx.pid_raw == "@current" or ctx.pid_raw == str(self.sim.project_id)):
+            return not_found("Project not found.", endpoint)
+        # ---- scopes
+        scope = methods.get(ctx.method, "")
+        if ctx.method in methods:
+            if scope is None:
+                if ctx.scopes:
+                    return error(403, "authentication_error", "permission_denied",
+                                 "This action does not support Personal API Key access", None, endpoint)
+            elif not self._has_scope(ctx.scopes, scope):
+                return self._missing_scope(scope, endpoint)
+        # ---- throttling
+        wait = self.sim.limiter.check(key)
+        if wait is not None:
+            self.sim._count_429()
+            return throttled_response(wait, endpoint)
+        if ctx.method not in methods:
+            return error(405, "invalid_request", "method_not_allowed", f'Method "{ctx.method}" not allowed.', None,
+                         endpoint, [("Allow", ", ".join(sorted(methods)))])
+        resp = handler(ctx)
+        resp.endpoint = endpoint
+        return resp
+
+    def _find_key(self, ctx: Ctx) -> tuple[str | None, str]:
+        auth = ctx.headers.get("Authorization")
+        if auth:
+            parts = auth.split(None, 1)
+            if len(parts) == 2 and parts[0].lower() == "bearer" and not parts[1].startswith("pha_"):
+                return parts[1].strip(), "Authorization header"
+        if ctx.body and ctx.method in ("POST", "PUT", "PATCH"):
+            try:
+                b = json.loads(ctx.body)
+                if isinstance(b, dict) and isinstance(b.get("personal_api_key"), str):
+                    return b["personal_api_key"], "body"
+            except ValueError:
+                pass
+        k = ctx.params.get("personal_api_key")
+        if k:
+            return k, "query string"
+        return None, ""
+
+    @staticmethod
+    def _has_scope(scopes: tuple, required: str) -> bool:
+        if "*" in scopes:
+            return True
+        valid = {required}
+        if required.endswith(":read"):
+            valid.add(required[:-5] + ":write")
+        return any(s in valid for s in scopes)
+
+    @staticmethod
+    def _missing_scope(scope: str, endpoint: str = "unknown") -> Response:
+        return error(403, "authentication_error", "permission_denied", f"API key missing required scope '{scope}'",
+                     None, endpoint)
+
+    # -------------------------------------------------------------- links
+    def _link(self, ctx: Ctx, params: dict | list | None, *, path: str | None = None) -> str:
+        """Absolute link under /api/projects/ (hostile modes applied)."""
+        mode = self.sim.next_link_mode
+        p = path if path is not None else "/api/projects/" + ctx.pid_raw + "/" + "/".join(ctx.rest) + (
+            "/" if ctx.path.endswith("/") else "")
+        q = urlencode(params) if params else ""
+        pq = p + ("?" + q if q else "")
+        proto = ctx.headers.get("X-Forwarded-Proto") or "http"
+        host = ctx.host
+        if mode == "normal":
+            return f"{proto}://{host}{pq}"
+        if mode == "foreign_origin":
+            return f"{self.sim.foreign_url}{pq}"
+        if mode == "other_scheme":
+            return f"ftp://{host}{pq}"
+        if mode == "outside_api":
+            return f"{proto}://{host}/admin/{'/'.join(ctx.rest)}/" + ("?" + q if q else "")
+        if mode == "loop":
+            return f"{proto}://{host}{ctx.path}" + ("?" + ctx.query if ctx.query else "")
+        if mode == "relative":
+            return pq
+        if mode == "http_downgrade":
+            return f"http://{host}{pq}" if proto == "https" else f"http://{host.split(':')[0]}:80{pq}"
+        return f"{proto}://{host}{pq}"
+
+    # -------------------------------------------------------------- groups types
+    def groups_types(self, ctx: Ctx) -> Response:
+        return json_response(200, self.ds.group_types())
+
+    def groups_types_custom(self, ctx: Ctx) -> Response:
+        return json_response(200, self.ds.group_types())
+
+    def groups_types_delete(self, ctx: Ctx) -> Response:
+        try:
+            idx = int(ctx.rest[1])
+        except ValueError:
+            return not_found("Group type not found")
+        if not self.ds.delete_group_type(idx):
+            return not_found("Group type not found")
+        self._page_cache_clear()
+        return Response(204, b"", content_type=None)
+
+    # -------------------------------------------------------------- groups
+    def _page_cache_clear(self) -> None:
+        with self._page_lock:
+            self._page_cache.clear()
+
+    def groups(self, ctx: Ctx) -> Response:
+        if ctx.method == "POST":
+            return self.groups_create(ctx)
+        raw = ctx.params.get("group_type_index")
+        if raw is None or raw == "":
+            return validation("You must pass ?group_type_index= in this URL. To get a list of valid group types, "
+                              "call /api/:project_id/groups_types/.", "group_type_index")
+        try:
+            gti = int(raw)
+        except ValueError:
+            return validation("A valid integer is required.", "group_type_index")
+        cursor = decode_cursor(ctx.params.get("cursor"))
+        search = ctx.params.get("search") or None
+        gkey = ctx.params.get("group_key") or None
+        ck = (gti, cursor, search, gkey, self.ds.version)
+        with self._page_lock:
+            hit = self._page_cache.get(ck)
+            if hit is not None:
+                self._page_cache.move_to_end(ck)
+        if hit is None:
+            groups, nxt = self.ds.list_groups(gti, cursor, search=search, group_key=gkey, limit=PAGE_SIZE)
+            hit = (dumps(groups), nxt)
+            with self._page_lock:
+                self._page_cache[ck] = hit
+                while len(self._page_cache) > 256:
+                    self._page_cache.popitem(last=False)
+        results, nxt = hit
+        next_url = None
+        if nxt is not None:
+            params = {"group_type_index": gti, "cursor": encode_cursor(*nxt)}
+            if search:
+                params["search"] = search
+            if gkey:
+                params["group_key"] = gkey
+            next_url = self._link(ctx, params)
+        body = b'{"next":' + dumps(next_url) + b',"previous":null,"results":' + results + b"}"
+        return Response(200, body)
+
+    def groups_create(self, ctx: Ctx) -> Response:
+        try:
+            b = json.loads(ctx.body or b"{}")
+        except ValueError as e:
+            return error(400, "validation_error", "parse_error", f"JSON parse error - {e}")
+        if not isinstance(b, dict):
+            return validation("Invalid data. Expected a dictionary, but got list.", "non_field_errors")
+        for f in ("group_type_index", "group_key"):
+            if b.get(f) in (None, ""):
+                return validation("This field is required.", f, "required")
+        try:
+            gti = int(b["group_type_index"])
+        except (TypeError, ValueError):
+            return validation("A valid integer is required.", "group_type_index")
+        if not 0 <= gti < self.ds.n_types:
+            return validation(f'"{gti}" is not a valid choice.', "group_type_index", "invalid_choice")
+        key = str(b["group_key"])
+        if self.ds.get_group(gti, key) is not None:
+            return validation("A group with this key already exists", "detail")
+        props = b.get("group_properties") or {}
+        g = self.ds.insert_group(gti, key, props if isinstance(props, dict) else {})
+        return json_response(201, g)
+
+    def groups_find(self, ctx: Ctx) -> Response:
+        for f in ("group_type_index", "group_key"):
+            if ctx.params.get(f) in (None, ""):
+                return validation("This query parameter is required.", f)
+        try:
+            gti = int(ctx.params["group_type_index"])
+        except ValueError:
+            return error(500, "server_error", "error", "A server error occurred.")
+        g = self.ds.get_group(gti, ctx.params["group_key"])
+        if g is None:
+            return not_found()
+        g = dict(g)
+        g["notebook"] = None
+        return json_response(200, g)
+
+    def groups_property_values(self, ctx: Ctx) -> Response:
+        for f in ("group_type_index", "key"):
+            if ctx.params.get(f) in (None, ""):
+                return validation("This query parameter is required.", f)
+        try:
+            gti = int(ctx.params["group_type_index"])
+        except ValueError:
+            return error(500, "server_error", "error", "A server error occurred.")
+        rows = self.ds.property_values(gti, ctx.params["key"], ctx.params.get("value") or None)
+        return json_response(200, {"results": rows, "refreshing": False})
+
+    def groups_property_definitions(self, ctx: Ctx) -> Response:
+        return json_response(200, self.ds.legacy_property_definitions())
+
+    def property_definitions(self, ctx: Ctx) -> Response:
+        typ = ctx.params.get("type") or "event"
+        rows: list[dict] = []
+        if typ == "group":
+            raw = ctx.params.get("group_type_index")
+            if raw in (None, ""):
+                return validation("group_type_index is required for group properties", "group_type_index")
+            try:
+                gti = int(raw)
+            except ValueError:
+                return validation("A valid integer is required.", "group_type_index")
+            rows = self.ds.property_definitions(gti)
+        elif typ not in ("event", "person", "session"):
+            return validation(f'"{typ}" is not a valid choice.', "type", "invalid_choice")
+        search = ctx.params.get("search")
+        if search:
+            rows = [r for r in rows if search.lower() in r["name"].lower()]
+        return self._limit_offset(ctx, rows)
+
+    # -------------------------------------------------------------- LimitOffset
+    @staticmethod
+    def _pos_int(raw: str | None, default: int, strict: bool) -> int:
+        if raw is None:
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            return default
+        if v < 0 or (strict and v == 0):
+            return default
+        return v
+
+    def _limit_offset(self, ctx: Ctx, rows: list[dict]) -> Response:
+        limit = self._pos_int(ctx.params.get("limit"), 100, True)
+        offset = self._pos_int(ctx.params.get("offset"), 0, False)
+        count = len(rows)
+        page = rows[offset:offset + limit]
+        base = [(k, v) for k, v in parse_qsl(ctx.query, keep_blank_values=True) if k not in ("limit", "offset")]
+        nxt = prev = None
+        if offset + limit < count:
+            nxt = self._link(ctx, base + [("limit", limit), ("offset", offset + limit)])
+        if offset > 0:
+            if offset - limit <= 0:
+                prev = self._link(ctx, base + [("limit", limit)])
+            else:
+                prev = self._link(ctx, base + [("limit", limit), ("offset", offset - limit)])
+        return json_response(200, {"count": count, "next": nxt, "previous": prev, "results": page})
+
+    # -------------------------------------------------------------- exports
+    def exports(self, ctx: Ctx) -> Response:
+        if ctx.method == "POST":
+            return self.export_create(ctx)
+        rows = self.ds.exports(ctx.user_id)
+        fmt = ctx.params.get("export_format")
+        if fmt in EXPORT_FORMATS:
+            rows = [r for r in rows if r["export_format"] == fmt]
+        cp = ctx.params.get("context_path")
+        if cp:
+            rows = [r for r in rows if isinstance(r.get("export_context"), dict)
+                    and cp in str(r["export_context"].get("path") or "")]
+        sr = ctx.params.get("session_recording_id")
+        if sr:
+            rows = [r for r in rows if isinstance(r.get("export_context"), dict)
+                    and r["export_context"].get("session_recording_id") == sr]
+        return self._limit_offset(ctx, rows)
+
+    def _export_id(self, ctx: Ctx) -> int | None:
+        try:
+            return int(ctx.rest[1])
+        except ValueError:
+            return None
+
+    def export_retrieve(self, ctx: Ctx) -> Response:
+        eid = self._export_id(ctx)
+        if eid is None or self.ds.get_export(eid, ctx.user_id) is None:
+            return not_found()
+        self.ds.poll_export(eid, self.cfg.video_polls)
+        return json_response(200, self.ds.get_export(eid, ctx.user_id))
+
+    def export_content(self, ctx: Ctx) -> Response:
+        eid = self._export_id(ctx)
+        obj = self.ds.get_export(eid, ctx.user_id) if eid is not None else None
+        if obj is None:
+            return not_found()
+        rec = self.ds.export_record(eid)
+        length = self.ds.export_content_length(eid)
+        if length is None:
+            return not_found()
+        download = (ctx.params.get("download") or "").lower() in ("true", "1", "yes")
+        direct = (ctx.params.get("direct") or "").lower() in ("true", "1", "yes") and rec.export_format == C.PNG
+        disposition = f'attachment; filename="{rec.filename}"' if download else None
+        if self.cfg.content_mode == "redirect" and not direct:
+            url = self.sim.presign(eid, rec.export_format, disposition)
+            return Response(302, b"", [("Location", url)], "text/html; charset=utf-8")
+        headers = [("Cache-Control", "max-age=86400")]
+        if disposition:
+            headers.append(("Content-Disposition", disposition))
+        return Response(200, b"", headers, rec.export_format, stream=self.ds.export_content_iter(eid), length=length)
+
+    def export_create(self, ctx: Ctx) -> Response:
+        try:
+            b = json.loads(ctx.body or b"{}")
+        except ValueError as e:
+            return error(400, "validation_error", "parse_error", f"JSON parse error - {e}")
+        if not isinstance(b, dict):
+            return validation("Invalid data. Expected a dictionary, but got list.", None)
+        fmt = b.get("export_format")
+        if fmt in (None, ""):
+            return validation("This field is required.", "export_format", "required")
+        if not isinstance(fmt, str) or fmt not in EXPORT_FORMATS or fmt == C.JSONL:
+            return validation(f'"{fmt}" is not a valid choice.', "export_format", "invalid_choice")
+        dashboard, insight, ctxobj = b.get("dashboard"), b.get("insight"), b.get("export_context")
+        for name, val, known in (("dashboard", dashboard, self.ds.dashboards()),
+                                 ("insight", insight, self.ds.insights())):
+            if val is None:
+                continue
+            try:
+                iv = int(val)
+            except (TypeError, ValueError):
+                return validation("Incorrect type. Expected pk value, received str.", name, "incorrect_type")
+            if iv not in known:
+                return validation(f'Invalid pk "{val}" - object does not exist.', name, "does_not_exist")
+        if dashboard is None and insight is None and not ctxobj:
+            return validation("Either dashboard, insight or export_context is required for an export.", None)
+        need = []
+        if insight is not None:
+            need.append("insight:read")
+        if dashboard is not None:
+            need.append("dashboard:read")
+        if isinstance(ctxobj, dict):
+            if ctxobj.get("session_recording_id"):
+                need.append("session_recording:read")
+            if ctxobj.get("source") is not None:
+                need.append("query:read")
+            if ctxobj.get("heatmap_url"):
+                need.append("heatmap:read")
+            p = ctxobj.get("path")
+            if p is not None and (ctxobj.get("method") or "GET").upper() != "GET":
+                return validation("Only GET requests are allowed for path-based exports.", "export_context")
+        for sc in need:
+            if not self._has_scope(ctx.scopes, sc):
+                return self._missing_scope(sc)
+        obj = self.ds.create_export(ctx.user_id, fmt, int(dashboard) if dashboard is not None else None,
+                                    int(insight) if insight is not None else None, ctxobj)
+        return json_response(201, obj)
+
+    # -------------------------------------------------------------- explicit members (legacy)
+    def explicit_members(self, ctx: Ctx) -> Response:
+        if ctx.method == "POST":
+            return validation("Explicit members can only be accessed for projects with project-based permissioning "
+                              "enabled.", None)
+        return json_response(200, self.ds.explicit_members)
+
+    def explicit_member(self, ctx: Ctx) -> Response:
+        uid = ctx.rest[1]
+        if ctx.method == "DELETE":
+            if self.ds.delete_member(uid):
+                return Response(204, b"", content_type=None)
+            return not_found()
+        for m in self.ds.explicit_members:
+            if m["user"]["uuid"] == uid:
+                if ctx.method == "GET":
+                    return json_response(200, m)
+                return validation("Explicit members can only be accessed for projects with project-based "
+                                  "permissioning enabled.", None)
+        return not_found()
+
+
+# ====================================================================== HTTP plumbing
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, addr, handler, sim: "Simulator", kind: str):
+        self.sim = sim
+        self.kind = kind
+        self.conns: set = set()
+        self.conns_lock = threading.Lock()
+        super().__init__(addr, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "posthog-sim"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    timeout = 120
+
+    def setup(self):
+        super().setup()
+        with self.server.conns_lock:
+            self.server.conns.add(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass
+        with self.server.conns_lock:
+            self.server.conns.discard(self.connection)
+
+    def log_message(self, format, *args):  # silence
+        pass
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def do_PATCH(self):
+        self._handle("PATCH")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
+
+    def do_HEAD(self):
+        self._handle("HEAD")
+
+    def do_OPTIONS(self):
+        self._handle("OPTIONS")
+
+    # ------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        n = self.headers.get("Content-Length")
+        if n:
+            try:
+                return self.rfile.read(int(n))
+            except (ValueError, OSError):
+                return b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            out = bytearray()
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                out += self.rfile.read(size)
+                self.rfile.readline(65537)
+            return bytes(out)
+        return b""
+
+    def _handle(self, method: str) -> None:
+        sim: Simulator = self.server.sim
+        kind = self.server.kind
+        ts = time.time()
+        split = urlsplit(self.path)
+        path, query = split.path, split.query
+        body = self._read_body()
+        auth = self.headers.get("Authorization")
+        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        fault = sim._pick_fault(kind, path, query)
+        state = {"done": False, "endpoint": kind if kind != "api" else sim.endpoint_name(kind, path)}
+
+        def record(status: int, sent: int) -> None:
+            # called just before the last bytes go out, so the log is complete when the client sees the response
+            if state["done"]:
+                return
+            state["done"] = True
+            sim._record(RequestRecord(ts=ts, server=kind, method=method, path=path, query=query,
+                                      authorization=auth, status=status, fault=fault, bytes_sent=sent),
+                        state["endpoint"])
+
+        self._record_cb = record
+        try:
+            if fault is not None and fault != "slow":
+                self._serve_fault(fault, kind, method, path, query)
+            else:
+                if fault == "slow":
+                    time.sleep(sim.cfg.faults.slow_seconds)
+                try:
+                    resp = sim._dispatch(kind, method, path, query, self.headers, body, host)
+                except Exception as e:  # a bug in the simulator -> PostHog-style 500
+                    resp = error(500, "server_error", "error", "A server error occurred.")
+                    resp.headers.append(("X-Sim-Exception", type(e).__name__))
+                state["endpoint"] = resp.endpoint if kind == "api" else kind
+                self._write(resp, head_only=(method == "HEAD"))
+        finally:
+            record(0, 0)
+
+    def _head(self, status: int, headers: list[tuple[str, str]], content_type: str | None, length: int | None) -> bytes:
+        phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Unknown"
+        lines = [f"HTTP/1.1 {status} {phrase}", "Server: posthog-sim", f"Date: {formatdate(usegmt=True)}"]
+        if content_type:
+            lines.append(f"Content-Type: {content_type}")
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        for k, v in headers:
+            lines.append(f"{k}: {v}")
+        if self.close_connection:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+    def _write(self, resp: Response, head_only: bool = False) -> int:
+        rec = self._record_cb
+        try:
+            if resp.stream is not None:
+                head = self._head(resp.status, resp.headers, resp.content_type, resp.length)
+                if head_only:
+                    rec(resp.status, 0)
+                    self.wfile.write(head)
+                    return 0
+                self.wfile.write(head)
+                sent = 0
+                chunks = iter(resp.stream)
+                chunk = next(chunks, None)
+                while chunk is not None:
+                    following = next(chunks, None)
+                    if following is None:
+                        rec(resp.status, sent + len(chunk))
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+                    chunk = following
+                rec(resp.status, sent)
+                return sent
+            if resp.status == 204:
+                rec(204, 0)
+                self.wfile.write(self._head(resp.status, resp.headers, None, None))
+                return 0
+            head = self._head(resp.status, resp.headers, resp.content_type, len(resp.body))
+            n = 0 if head_only else len(resp.body)
+            rec(resp.status, n)
+            self.wfile.write(head if head_only else head + resp.body)
+            return n
+        except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError):
+            self.close_connection = True
+            rec(resp.status, 0)
+            return 0
+
+    def _rst(self) -> None:
+        """Abort the connection with a TCP RST."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            fd = self.connection.detach()
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _serve_fault(self, fault: str, kind: str, method: str, path: str, query: str) -> tuple[int, int]:
+        sim: Simulator = self.server.sim
+        storage = kind == "storage"
+        rec = self._record_cb
+        if fault == "reset_before":
+            rec(0, 0)
+            self._rst()
+            return 0, 0
+        if fault in ("500", "502", "503", "504"):
+            st = int(fault)
+            hdrs = [("Retry-After", "1")] if st == 503 else []
+            if storage:
+                code = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "GatewayTimeout"}[st]
+                r = s3_error(st, code, "We encountered an internal error. Please try again.")
+                r.headers += hdrs
+            else:
+                detail = {500: ("server_error", "error", "A server error occurred."),
+                          502: ("server_error", "bad_gateway", "Bad gateway."),
+                          503: ("server_error", "service_unavailable",
+                                "Service temporarily unavailable, try again later."),
+                          504: ("server_error", "timeout", "Query timed out. Try again later.")}[st]
+                r = error(st, *detail, None, "fault", hdrs)
+            return st, self._write(r)
+        if fault == "429":
+            r = throttled_response(1, "fault")
+            return 429, self._write(r)
+        if fault == "429_html":
+            body = (b"<html><head><title>429 Too Many Requests</title></head><body><center><h1>429 Too Many "
+                    b"Requests</h1></center><hr><center>nginx</center></body></html>")
+            return 429, self._write(Response(429, body, [], "text/html"))
+        if fault == "empty_200":
+            return 200, self._write(Response(200, b"", [], "application/json"))
+        if fault == "bad_json":
+            body = b'{"next": null, "previous": null, "results": [{"group_key": "abc", "group_properties": {'
+            return 200, self._write(Response(200, body, [], "application/json"))
+        # partial-body faults
+        body, ctype = sim._fault_body(kind, path, query)
+        try:
+            if fault == "truncate":
+                rec(200, len(body) // 2)
+                self.wfile.write(self._head(200, [], ctype, len(body)) + body[: len(body) // 2])
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return 200, len(body) // 2
+            if fault == "bad_length":
+                rec(200, len(body))
+                self.wfile.write(self._head(200, [], ctype, len(body) + 1000) + body)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return 200, len(body)
+            if fault == "reset_during":
+                part = body[: max(1, len(body) // 3)]
+                rec(200, len(part))
+                self.wfile.write(self._head(200, [], ctype, len(body)) + part)
+                time.sleep(0.01)
+                self._rst()
+                return 200, len(part)
+        except OSError:
+            self.close_connection = True
+            return 200, 0
+        raise ValueError(f"unknown fault {fault}")
+
+
+# ====================================================================== Simulator
+class Simulator:
+    def __init__(self, cfg: SimConfig | None = None):
+        self.cfg = cfg or SimConfig()
+        self.dataset = Dataset(self.cfg.dataset, now=self.cfg.now)
+        self.project_id = 1
+        self.api_key = self.cfg.api_key
+        self.keys: dict[str, tuple[int, tuple]] = {self.cfg.api_key: (1, tuple(self.cfg.scopes))}
+        for k, (uid, scopes) in (self.cfg.extra_keys or {}).items():
+            self.keys[k] = (int(uid), tuple(scopes))
+        self.limiter = RateLimiter(self.cfg.rate_limits or ())
+        self.next_link_mode = self.cfg.next_link
+        self._log: list[RequestRecord] = []
+        self._log_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._by_endpoint: dict[str, int] = {}
+        self._by_status: dict[int, int] = {}
+        self._faults_served: dict[str, int] = {}
+        self._n429 = 0
+        self._scripted: list[list] = []  # [kind, regex, remaining, server]
+        self._fault_lock = threading.Lock()
+        self._fault_rng = random.Random(self.cfg.faults.seed)
+        self._fault_re = re.compile(self.cfg.faults.path_regex) if self.cfg.faults.path_regex else None
+        self._secret = hashlib.sha256(f"sim-secret:{self.cfg.dataset.seed}:{id(self)}".encode()).digest()
+        self._servers: dict[str, _Server] = {}
+        self._threads: list[threading.Thread] = []
+        self.api = ApiApp(self)
+        self.api_url = self.storage_url = self.foreign_url = ""
+        self._started = False
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> "Simulator":
+        if self._started:
+            return self
+        host = self.cfg.host
+        for kind, port in (("api", self.cfg.port), ("storage", self.cfg.storage_port),
+                           ("foreign", self.cfg.foreign_port)):
+            srv = _Server((host, port), _Handler, self, kind)
+            self._servers[kind] = srv
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                                 name=f"posthog-sim-{kind}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        url = lambda k: f"http://{host}:{self._servers[k].server_address[1]}"  # noqa: E731
+        self.api_url, self.storage_url, self.foreign_url = url("api"), url("storage"), url("foreign")
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        for srv in self._servers.values():
+            srv.shutdown()
+            srv.server_close()
+            with srv.conns_lock:
+                conns = list(srv.conns)
+            for c in conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for t in self._threads:
+            t.join(timeout=5)
+        self._servers.clear()
+        self._threads.clear()
+        self._started = False
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -------------------------------------------------------------- public controls
+    @property
+    def request_log(self) -> list[RequestRecord]:
+        with self._log_lock:
+            return list(self._log)
+
+    def clear_log(self) -> None:
+        with self._log_lock:
+            self._log.clear()
+
+    def inject(self, kind: str, path_regex: str | None = None, times: int = 1, server: str = "api") -> None:
+        """The next `times` requests to `server` whose path (or path?query) matches get fault `kind`."""
+        if kind not in ALL_FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; valid: {ALL_FAULT_KINDS}")
+        with self._fault_lock:
+            self._scripted.append([kind, re.compile(path_regex) if path_regex else None, int(times), server])
+
+    def clear_faults(self) -> None:
+        with self._fault_lock:
+            self._scripted.clear()
+
+    def set_next_link(self, mode: str) -> None:
+        if mode not in NEXT_LINK_MODES:
+            raise ValueError(f"next_link must be one of {NEXT_LINK_MODES}")
+        self.next_link_mode = mode
+
+    def reset_rate_limits(self) -> None:
+        self.limiter.reset()
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            return {"requests": dict(self._by_endpoint), "total_requests": sum(self._by_endpoint.values()),
+                    "by_status": dict(self._by_status), "throttled_429": self._n429,
+                    "faults": dict(self._faults_served), "faults_total": sum(self._faults_served.values())}
+
+    def presign(self, export_id: int, content_type: str, disposition: str | None = None,
+                ttl: int | None = None, now: float | None = None) -> str:
+        ttl = self.cfg.presign_ttl if ttl is None else ttl
+        now = time.time() if now is None else now
+        key = self.dataset.export_storage_key(export_id)
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        params = [("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
+                  ("X-Amz-Credential", f"SIMACCESSKEY/{amz_date[:8]}/us-east-1/s3/aws4_request"),
+                  ("X-Amz-Date", amz_date), ("X-Amz-Expires", str(int(ttl))), ("X-Amz-SignedHeaders", "host"),
+                  ("response-content-type", content_type)]
+        if disposition:
+            params.append(("response-content-disposition", disposition))
+        params.sort()
+        sig = self._sign("/" + key, params)
+        return f"{self.storage_url}/{key}?{urlencode(params, quote_via=quote)}&X-Amz-Signature={sig}"
+
+    def _sign(self, path: str, params: list[tuple[str, str]]) -> str:
+        canon = path + "\n" + "&".join(f"{k}={v}" for k, v in sorted(params))
+        return hmac.new(self._secret, canon.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    # -------------------------------------------------------------- internals
+    def endpoint_name(self, kind: str, path: str) -> str:
+        if kind != "api":
+            return kind
+        m = re.match(r"^/api/(?:projects|environments)/[^/]+/(.*)$", path)
+        if not m:
+            return "unknown"
+        segs = [s for s in m.group(1).split("/") if s]
+        if len(segs) >= 2 and segs[0] in ("exports", "explicit_members") or (
+                len(segs) == 2 and segs[0] == "groups_types" and segs[1] not in _GROUPS_TYPES_CUSTOM):
+            segs[1] = ":id" if segs[0] == "exports" else (":uuid" if segs[0] == "explicit_members" else ":idx")
+        return "/".join(segs) or "unknown"
+
+    def _record(self, rec: RequestRecord, endpoint: str) -> None:
+        with self._log_lock:
+            self._log.append(rec)
+            lim = self.cfg.request_log_limit
+            if lim and len(self._log) > lim:
+                del self._log[: len(self._log) - lim]
+        with self._stats_lock:
+            self._by_endpoint[endpoint] = self._by_endpoint.get(endpoint, 0) + 1
+            self._by_status[rec.status] = self._by_status.get(rec.status, 0) + 1
+            if rec.fault:
+                self._faults_served[rec.fault] = self._faults_served.get(rec.fault, 0) + 1
+
+    def _count_429(self) -> None:
+        with self._stats_lock:
+            self._n429 += 1
+
+    def _pick_fault(self, kind: str, path: str, query: str) -> str | None:
+        if kind == "foreign":
+            return None
+        full = path + ("?" + query if query else "")
+        with self._fault_lock:
+            for entry in self._scripted:
+                fk, rx, remaining, server = entry
+                if server != kind or remaining <= 0:
+                    continue
+                if rx is None or rx.search(path) or rx.search(full):
+                    entry[2] -= 1
+                    if entry[2] <= 0:
+                        self._scripted.remove(entry)
+                    return fk
+            fs = self.cfg.faults
+            if fs.rate > 0 and fs.kinds:
+                if self._fault_re is not None and not (self._fault_re.search(path) or self._fault_re.search(full)):
+                    return None
+                if self._fault_rng.random() < fs.rate:
+                    fault = self._fault_rng.choice(fs.kinds)
+                    # a wrong-but-well-formed 200 body is a JSON-endpoint fault: no client can tell
+                    # it from real bytes on a binary download (S3 never serves one), so random
+                    # faults keep it off content; a scripted inject still gets it anywhere
+                    if fault == "bad_json" and (kind == "storage" or "/content" in path):
+                        return None
+                    return fault
+        return None
+
+    def _fault_body(self, kind: str, path: str, query: str) -> tuple[bytes, str]:
+        if kind == "storage":
+            eid = self._storage_export_id(path)
+            if eid is not None:
+                n = self.dataset.export_content_length(eid)
+                if n is not None and n <= 8 * 1024 * 1024:
+                    rec = self.dataset.export_record(eid)
+                    return self.dataset.export_content(eid) or b"", rec.export_format
+            return bytes(range(256)) * 256, "application/octet-stream"
+        rows = [{"group_type_index": 0, "group_key": f"fault-{i}", "group_properties": {"pad": "x" * 60},
+                 "created_at": "2026-01-01T00:00:00Z"} for i in range(60)]
+        return dumps({"next": None, "previous": None, "results": rows}), "application/json"
+
+    def _dispatch(self, kind: str, method: str, path: str, query: str, headers, body: bytes, host: str) -> Response:
+        if kind == "api":
+            return self.api.handle(method, path, query, headers, body, host)
+        if kind == "storage":
+            return self._storage(method, path, query, headers)
+        return Response(200, b'{"results":[],"next":null}', endpoint="foreign")
+
+    @staticmethod
+    def _storage_export_id(path: str) -> int | None:
+        m = re.match(r"^/exports/[a-z0-9]+/team-\d+/task-(\d+)/[0-9a-f-]+$", path)
+        return int(m.group(1)) if m else None
+
+    def _storage(self, method: str, path: str, query: str, headers) -> Response:
+        if headers.get("Authorization"):
+            return s3_error(400, "InvalidArgument", "Only one auth mechanism allowed; only the X-Amz-Algorithm "
+                                                    "query parameter, Signature query string parameter or the "
+                                                    "Authorization header should be specified", path)
+        if method not in ("GET", "HEAD"):
+            return s3_error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.",
+                            path)
+        params = parse_qsl(query, keep_blank_values=True)
+        sig = None
+        rest = []
+        for k, v in params:
+            if k == "X-Amz-Signature":
+                sig = v
+            else:
+                rest.append((k, v))
+        pd = dict(rest)
+        if sig is None or "X-Amz-Date" not in pd or "X-Amz-Expires" not in pd:
+            return s3_error(403, "AccessDenied", "Access Denied", path)
+        if not hmac.compare_digest(sig, self._sign(path, rest)):
+            return s3_error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+                                                          "signature you provided.", path)
+        try:
+            signed_at = calendar.timegm(time.strptime(pd["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+            expires = int(pd["X-Amz-Expires"])
+        except (ValueError, OverflowError):
+            return s3_error(403, "AccessDenied", "Access Denied", path)
+        if time.time() > signed_at + expires:
+            return s3_error(403, "AccessDenied", "Request has expired", path)
+        eid = self._storage_export_id(path)
+        length = self.dataset.export_content_length(eid) if eid is not None else None
+        if length is None:
+            return s3_error(404, "NoSuchKey", "The specified key does not exist.", path)
+        ctype = pd.get("response-content-type") or "application/octet-stream"
+        hdrs = [("Accept-Ranges", "bytes"), ("Last-Modified", formatdate(signed_at, usegmt=True)),
+                ("x-amz-request-id", hashlib.md5(path.encode()).hexdigest()[:16].upper())]
+        if pd.get("response-content-disposition"):
+            hdrs.append(("Content-Disposition", pd["response-content-disposition"]))
+        return Response(200, b"", hdrs, ctype, stream=self.dataset.export_content_iter(eid), length=length,
+                        endpoint="storage")
