@@ -1,0 +1,213 @@
+"""A request budget shared by every thread and process using one PostHog key (SQLite log)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["RequestBudget", "budget_bucket"]
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 60.0
+# Added to every computed wait so float rounding never lands us a hair inside the window.
+_EPSILON_S = 1e-3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (bucket TEXT NOT NULL, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_bucket_ts ON requests (bucket, ts);
+CREATE TABLE IF NOT EXISTS pauses (bucket TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+
+
+def budget_bucket(host: str, api_key: str) -> str:
+    """Bucket id for one key on one origin: sha256(host NUL key), so the key is never stored."""
+    return hashlib.sha256(f"{host}\0{api_key}".encode()).hexdigest()
+
+
+class RequestBudget:
+    """Blocks until a request fits every sliding window, as recorded by all users of `path`."""
+
+    def __init__(
+        self,
+        path: Path,
+        bucket: str,
+        limits: Sequence[tuple[int, float]],
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        safety: float = 0.5,
+    ) -> None:
+        if not bucket:
+            raise ValueError("bucket must be a non-empty string")
+        if safety < 0:
+            raise ValueError("safety must be >= 0 seconds")
+        windows: list[tuple[int, float]] = []
+        for count, seconds in limits:
+            if int(count) != count or count < 0:
+                raise ValueError(f"window count must be an integer >= 0, got {count!r}")
+            if not seconds > 0:
+                raise ValueError(f"window length must be > 0 seconds, got {seconds!r}")
+            if count > 0:  # 0 means this window is unlimited
+                windows.append((int(count), float(seconds)))
+        self.path = Path(path)
+        self.bucket = bucket
+        self.limits: tuple[tuple[int, float], ...] = tuple(windows)
+        self.safety = float(safety)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_pid: int | None = None
+        self._local_pause_until = 0.0
+        # Connections inherited through fork must never be used (or closed) by the child.
+        self._inherited: list[sqlite3.Connection] = []
+
+    @property
+    def unlimited(self) -> bool:
+        """True when no window limits anything (acquire then never touches disk)."""
+        return not self.limits
+
+    def now(self) -> float:
+        """The budget's clock, for callers computing `pause_until` deadlines."""
+        return self._clock()
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestBudget(path={str(self.path)!r}, bucket={self.bucket[:12]}…, "
+            f"limits={self.limits})"
+        )
+
+    def acquire(self) -> float:
+        """Wait until one more request fits every window, record it, return the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                delay = self._local_delay() if self.unlimited else self._try_record()
+            if delay <= 0:
+                if waited:
+                    log.debug("budget: waited %.3fs for a request slot", waited)
+                return waited
+            log.debug("budget: no slot free, sleeping %.3fs", delay)
+            self._sleep(delay)
+            waited += delay
+
+    def pause_until(self, ts: float) -> None:
+        """Make every process sharing this budget hold requests until `ts` (e.g. after a 429)."""
+        with self._lock:
+            if self.unlimited:
+                self._local_pause_until = max(self._local_pause_until, ts)
+                return
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO pauses (bucket, until) VALUES (?, ?) "
+                    "ON CONFLICT (bucket) DO UPDATE SET until = max(until, excluded.until)",
+                    (self.bucket, ts),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        log.debug("budget: paused until %.3f", ts)
+
+    def close(self) -> None:
+        """Close this process's connection to the store."""
+        with self._lock:
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+            self._conn_pid = None
+
+    def __enter__(self) -> RequestBudget:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in ("_lock", "_conn", "_conn_pid", "_inherited"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._conn = None
+        self._conn_pid = None
+        self._inherited = []
+
+    def _local_delay(self) -> float:
+        return max(0.0, self._local_pause_until - self._clock())
+
+    def _connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._conn is not None and self._conn_pid == pid:
+            return self._conn
+        if self._conn is not None:
+            self._inherited.append(self._conn)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # guarded by self._lock
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+        self._conn, self._conn_pid = conn, pid
+        return conn
+
+    def _try_record(self) -> float:
+        """Record a request if every window has room (return 0), else return how long to wait."""
+        conn = self._connection()
+        # IMMEDIATE takes the write lock up front, so check-then-insert is atomic across processes.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = self._clock()
+            delay = self._delay_locked(conn, now)
+            if delay <= 0:
+                conn.execute("INSERT INTO requests (bucket, ts) VALUES (?, ?)", (self.bucket, now))
+                horizon = max(seconds for _, seconds in self.limits) + self.safety
+                conn.execute(
+                    "DELETE FROM requests WHERE bucket = ? AND ts <= ?",
+                    (self.bucket, now - horizon),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return delay
+
+    def _delay_locked(self, conn: sqlite3.Connection, now: float) -> float:
+        row = conn.execute("SELECT until FROM pauses WHERE bucket = ?", (self.bucket,)).fetchone()
+        if row is not None and row[0] > now:
+            return row[0] - now + _EPSILON_S
+        delay = 0.0
+        for count, seconds in self.limits:
+            # The server allows a request iff fewer than `count` landed in the last `seconds`;
+            # widening our window by `safety` absorbs latency between our clock and its arrival.
+            span = seconds + self.safety
+            since = now - span
+            (in_window,) = conn.execute(
+                "SELECT COUNT(*) FROM requests WHERE bucket = ? AND ts > ?", (self.bucket, since)
+            ).fetchone()
+            if in_window < count:
+                continue
+            # The oldest (in_window - count + 1) requests must leave the window first.
+            (oldest_blocking,) = conn.execute(
+                "SELECT ts FROM requests WHERE bucket = ? AND ts > ? ORDER BY ts LIMIT 1 OFFSET ?",
+                (self.bucket, since, in_window - count),
+            ).fetchone()
+            delay = max(delay, oldest_blocking + span - now + _EPSILON_S)
+        return delay

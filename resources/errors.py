@@ -1,0 +1,152 @@
+"""Typed errors for the PostHog client; messages say what to do and never carry the API key."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "PostHogAPIError",
+    "PostHogConfigError",
+    "PostHogEndpointMissingError",
+    "PostHogError",
+    "PostHogNotFoundError",
+    "PostHogPaginationError",
+    "PostHogRetryError",
+]
+
+_SCOPE_RE = re.compile(r"missing required scope '([^']+)'")
+
+
+class PostHogError(Exception):
+    """Base class for every error raised by the PostHog client and resource."""
+
+
+class PostHogConfigError(PostHogError):
+    """Missing or malformed configuration; the message names the environment variable to fix."""
+
+
+class PostHogAPIError(PostHogError):
+    """PostHog answered with a status that retrying will not fix."""
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        method: str,
+        path: str,
+        code: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.method = method
+        self.path = path
+        self.hint = hint if hint is not None else _default_hint(status, detail)
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        head = f"{self.method} {self.path} -> {self.status}"
+        if self.code:
+            head += f" {self.code}"
+        msg = f"{head}: {self.detail}" if self.detail else head
+        if self.hint:
+            msg = f"{msg.rstrip('.')}. {self.hint}"
+        return msg
+
+    def __reduce__(self):  # keyword-only __init__ needs help to pickle across Dagster processes
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+class PostHogNotFoundError(PostHogAPIError):
+    """404: the object, project or endpoint does not exist (the caller decides what that means)."""
+
+
+class PostHogEndpointMissingError(PostHogNotFoundError):
+    """404 "Endpoint not found.": this PostHog version does not serve the endpoint at all."""
+
+
+class PostHogRetryError(PostHogError):
+    """Retries were exhausted (or a request could not safely be retried) for one endpoint."""
+
+    def __init__(
+        self, *, method: str, path: str, attempts: int, last_cause: str, hint: str | None = None
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.attempts = attempts
+        self.last_cause = last_cause
+        self.hint = hint if hint is not None else _retry_hint(last_cause)
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        noun = "attempt" if self.attempts == 1 else "attempts"
+        return (
+            f"{self.method} {self.path} failed after {self.attempts} {noun} "
+            f"(last cause: {self.last_cause}). {self.hint}"
+        )
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+class PostHogPaginationError(PostHogError):
+    """A listing could not be walked safely (refused next link, repeated cursor, truncation)."""
+
+
+def _rebuild(cls: type, state: dict) -> PostHogError:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    Exception.__init__(err, err._format())
+    return err
+
+
+def _default_hint(status: int, detail: str | None) -> str:
+    detail = detail or ""
+    if status == 401:
+        return (
+            "the personal API key was rejected (POSTHOG_PERSONAL_API_KEY): check it is a current "
+            "personal API key (phx_...) and not a project token"
+        )
+    if status == 403:
+        if m := _SCOPE_RE.search(detail):
+            scope = m.group(1)
+            return (
+                f"Give the personal API key the '{scope}' scope "
+                "(PostHog > Settings > Personal API keys)."
+            )
+        if "does not have access to the requested project" in detail:
+            return (
+                "The key is restricted to other projects: allow POSTHOG_PROJECT_ID for this key "
+                "or use a key scoped to this project."
+            )
+        return (
+            "Check that the key (POSTHOG_PERSONAL_API_KEY) is valid, has the scope this endpoint "
+            "needs, and that its owner can access POSTHOG_PROJECT_ID."
+        )
+    if status == 404:
+        if detail.strip() == "Endpoint not found.":
+            return "this PostHog has no such endpoint (removed or not available on this version)"
+        if detail.strip() == "Project not found.":
+            return "No such project: check POSTHOG_PROJECT_ID (a numeric id or '@current')."
+        return "The object does not exist (or is not visible to the key's owner)."
+    if status == 400:
+        return "PostHog rejected the request parameters; fix the arguments passed to the client."
+    if status == 405:
+        return "This PostHog does not allow that method on the endpoint."
+    if 300 <= status < 400:
+        return (
+            "PostHog redirected an API call; point POSTHOG_HOST at the final origin "
+            "(https, correct region) so the key is never sent to a redirect target."
+        )
+    return "Retrying will not help; inspect the detail above."
+
+
+def _retry_hint(last_cause: str) -> str:
+    if last_cause.startswith("429"):
+        return (
+            "PostHog kept throttling this key: wait for the window to pass, run fewer jobs "
+            "at once, or lower POSTHOG_REQUESTS_PER_MINUTE / POSTHOG_REQUESTS_PER_HOUR."
+        )
+    return "PostHog or the network kept failing; check PostHog's status page and re-run later."

@@ -1,0 +1,138 @@
+"""PostHogResource: configuration for the PostHog private API and a factory for PostHogClient."""
+
+import logging
+import re
+from pathlib import Path
+
+import dagster as dg
+import httpx
+from pydantic import Field
+
+from resources.budget import RequestBudget, budget_bucket
+from resources.errors import PostHogConfigError
+from resources.posthog_client import (
+    PostHogClient,
+    normalize_host,
+    validate_api_key,
+    validate_project_id,
+)
+
+__all__ = ["PostHogResource"]
+
+BUDGET_RELPATH = Path("_state") / "budget.sqlite"
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class PostHogResource(dg.ConfigurableResource):
+    """PostHog private API (groups, exports) over httpx, inside one per-key request budget."""
+
+    host: str = Field(
+        default="https://us.posthog.com",
+        description=(
+            "PostHog origin (POSTHOG_HOST): https://us.posthog.com, https://eu.posthog.com or a "
+            "self-hosted origin; no path."
+        ),
+    )
+    project_id: str = Field(
+        default="",
+        description="Numeric project id or '@current' (POSTHOG_PROJECT_ID).",
+    )
+    personal_api_key: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Personal API key phx_... with group:read and export:read scopes "
+            "(POSTHOG_PERSONAL_API_KEY). Wire it with dg.EnvVar, never a literal."
+        ),
+    )
+    requests_per_minute: str = Field(
+        default="480",
+        description=(
+            "Requests per minute for this key across all processes "
+            "(POSTHOG_REQUESTS_PER_MINUTE; PostHog allows 480; '0' = unlimited)."
+        ),
+    )
+    requests_per_hour: str = Field(
+        default="4800",
+        description=(
+            "Requests per hour for this key across all processes "
+            "(POSTHOG_REQUESTS_PER_HOUR; PostHog allows 4800; '0' = unlimited)."
+        ),
+    )
+    state_dir: str = Field(
+        default="data/lake",
+        description="Lake root; the shared request budget is <state_dir>/_state/budget.sqlite.",
+    )
+    request_timeout: float = Field(
+        default=30.0, description="Read timeout per request, in seconds (connect is capped at 10)."
+    )
+    request_max_retries: int = Field(
+        default=8, description="Retries after the first attempt for 429, 5xx and network errors."
+    )
+    request_retry_delay: float = Field(
+        default=0.5, description="Base of the exponential retry backoff, in seconds."
+    )
+    request_max_retry_delay: float = Field(
+        default=120.0,
+        description="Cap on any single retry wait (including Retry-After), in seconds.",
+    )
+
+    def get_client(
+        self,
+        *,
+        logger: logging.Logger | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> PostHogClient:
+        """Validate the configuration and return a budgeted client (use it with `with`)."""
+        if not self.project_id:
+            raise PostHogConfigError(
+                "POSTHOG_PROJECT_ID is not set: set it to the numeric project id "
+                "(PostHog > Settings > Project > Project ID) or '@current'."
+            )
+        if not self.personal_api_key:
+            raise PostHogConfigError(
+                "POSTHOG_PERSONAL_API_KEY is not set: create a personal API key "
+                "(PostHog > Settings > Personal API keys) with group:read and export:read scopes."
+            )
+        origin = normalize_host(self.host)
+        project_id = validate_project_id(self.project_id)
+        api_key = validate_api_key(self.personal_api_key)
+        per_minute = _parse_rate(self.requests_per_minute, "POSTHOG_REQUESTS_PER_MINUTE")
+        per_hour = _parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR")
+        if not self.request_timeout > 0:
+            raise PostHogConfigError("request_timeout must be a positive number of seconds.")
+        if self.request_max_retries < 0:
+            raise PostHogConfigError("request_max_retries must be >= 0.")
+        if self.request_retry_delay < 0 or self.request_max_retry_delay < 0:
+            raise PostHogConfigError("request retry delays must be >= 0 seconds.")
+        if not self.state_dir:
+            raise PostHogConfigError("state_dir must name the lake root directory.")
+        budget = RequestBudget(
+            Path(self.state_dir) / BUDGET_RELPATH,
+            budget_bucket(origin, api_key),
+            [(per_minute, 60.0), (per_hour, 3600.0)],
+        )
+        return PostHogClient(
+            host=origin,
+            project_id=project_id,
+            api_key=api_key,
+            timeout=httpx.Timeout(
+                self.request_timeout, connect=min(_CONNECT_TIMEOUT_S, self.request_timeout)
+            ),
+            max_retries=self.request_max_retries,
+            retry_base_delay=self.request_retry_delay,
+            retry_max_delay=self.request_max_retry_delay,
+            budget=budget,
+            transport=transport,
+            logger=logger,
+        )
+
+
+def _parse_rate(value: str, env_var: str) -> int:
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]+", text):
+        raise PostHogConfigError(
+            f"{env_var}={value!r} is not a whole number of requests; use e.g. 480 (or 0 for "
+            "unlimited)."
+        )
+    return int(text)
