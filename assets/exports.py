@@ -1,0 +1,348 @@
+"""Exported assets: metadata, archived bytes, parsed CSV/XLSX rows, and requested exports."""
+
+
+import uuid
+from itertools import islice
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from assets._streams import Progress
+from assets.groups import KINDS, SyncConfig
+from assets.metadata import sync_metadata
+from assets.tables import (
+    EXPORT_ARCHIVE,
+    EXPORT_CONTENTS,
+    EXPORT_ROWS,
+    EXPORTS,
+    export_row,
+    to_json,
+)
+from assets.tabular import TABULAR_FORMATS, iter_table_rows
+from resources.errors import PostHogError, PostHogNotFoundError
+from resources.lake import LakeResource
+from resources.posthog import PostHogResource
+
+# rows of one export held in memory at once; bigger files are parsed twice instead
+_PARSE_BUFFER = 20_000
+
+EXPORT_FORMATS = (
+    "image/png",
+    "application/pdf",
+    "text/csv",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "video/webm",
+    "video/mp4",
+    "image/gif",
+    "application/json",
+)
+
+
+class ExportRequest(dg.Config):
+    export_format: str = Field(description="MIME type, e.g. text/csv or image/png.")
+    insight: int | None = Field(default=None, description="Insight id to export.")
+    dashboard: int | None = Field(default=None, description="Dashboard id to export.")
+    export_context: dict[str, Any] | None = Field(
+        default=None, description="PostHog export_context (e.g. a HogQL `source` for CSV)."
+    )
+
+
+class RequestedExportsConfig(SyncConfig):
+    requests: list[ExportRequest] = Field(
+        default_factory=list,
+        description="Exports to create on each run (POST /exports/). Empty: nothing is created.",
+    )
+    wait_timeout_seconds: float = Field(
+        default=1800.0, description="How long to wait for one export to get content or fail."
+    )
+
+
+class ContentsConfig(SyncConfig):
+    max_concurrent_downloads: int = Field(
+        default=4, description="Content downloads in flight at once (all inside the rate budget)."
+    )
+    parse_tabular: bool = Field(
+        default=True, description="Parse CSV/XLSX contents into posthog.export_rows."
+    )
+
+
+@dg.asset(group_name="posthog", kinds={"posthog"})
+def posthog_requested_exports(
+    context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
+) -> dg.MaterializeResult:
+    """Creates the configured exports and waits until each has content or fails.
+    Endpoint: POST /api/projects/:id/exports/ (then GET .../exports/:id/ to poll)"""
+    results: list[dict[str, Any]] = []
+    with posthog.get_client(logger=context.log) as client:
+        for request in config.requests:
+            if request.export_format not in EXPORT_FORMATS:
+                raise dg.Failure(
+                    f"requested export format {request.export_format!r} is not one PostHog "
+                    f"accepts; use one of {', '.join(EXPORT_FORMATS)}"
+                )
+            created = client.create_export(
+                export_format=request.export_format,
+                insight=request.insight,
+                dashboard=request.dashboard,
+                export_context=request.export_context,
+            )
+            if not created.get("has_content") and not created.get("exception"):
+                created = client.wait_for_export(
+                    created["id"], timeout=config.wait_timeout_seconds
+                )
+            state = "ready" if created.get("has_content") else "failed"
+            context.log.info("export %s (%s): %s", created.get("id"), request.export_format, state)
+            results.append(
+                {
+                    "id": created.get("id"),
+                    "export_format": created.get("export_format"),
+                    "insight": created.get("insight"),
+                    "dashboard": created.get("dashboard"),
+                    "state": state,
+                    "exception": created.get("exception"),
+                }
+            )
+    failed = [r for r in results if r["state"] == "failed"]
+    meta = sync_metadata(client.stats, [], preview=results)
+    meta.update({"exports_requested": len(results), "exports_failed": len(failed)})
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports])
+def posthog_exports(
+    context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+    lake: LakeResource,
+) -> dg.MaterializeResult:
+    """Metadata of every exported asset ever seen; exports PostHog no longer lists (expired)
+    stay, with `listed = false`. Endpoint: GET /api/projects/:id/exports/"""
+    synced_at = datetime.now(UTC)
+    store = lake.get_lake()
+    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
+            posthog.get_client(logger=context.log) as client:
+        previous = {r["id"]: r for r in store.read_current(EXPORTS).to_pylist()}
+        rows: dict[int, dict[str, Any]] = {}
+        for obj in client.iter_exports():
+            row = export_row(obj, seen_at=synced_at)
+            if row["id"] is None:
+                raise dg.Failure(f"GET exports/ returned an export without an id: {to_json(obj)[:200]}")
+            if row["id"] in previous:
+                row["first_seen_at"] = previous[row["id"]]["first_seen_at"]
+            rows[row["id"]] = row
+        new = [i for i in rows if i not in previous]
+        gone = []
+        for export_id, old in previous.items():
+            if export_id not in rows:
+                old = {k: v for k, v in old.items() if k != "synced_at"}
+                old["listed"] = False
+                rows[export_id] = old
+                gone.append(export_id)
+        ordered = sorted(rows.values(), key=lambda r: r["id"], reverse=True)
+        with store.writer(EXPORTS, synced_at=synced_at) as writer:
+            writer.write_rows(ordered)
+        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_exports")
+    listed = [r for r in ordered if r["listed"]]
+    return dg.MaterializeResult(
+        metadata=sync_metadata(
+            client.stats, published, lake_root=store.root, preview=listed,
+            extra={
+                "exports_listed": len(listed),
+                "exports_new": len(new),
+                "exports_no_longer_listed": len(gone),
+                "formats": dg.MetadataValue.json(dict(Counter(r["export_format"] for r in listed))),
+            },
+        )
+    )
+
+
+def expiring_unarchived(store: Any, before: datetime) -> list[tuple[int, str, datetime]]:
+    """(id, format, expires_after) of listed exports with content, unarchived, expiring before."""
+    if not store.has_table(EXPORTS.name):
+        return []
+    archived = (
+        f"SELECT export_id FROM posthog.{EXPORT_CONTENTS.name}"
+        if store.has_table(EXPORT_CONTENTS.name) else "SELECT NULL::BIGINT AS export_id WHERE false"
+    )
+    return store.query(
+        f"SELECT e.id, e.export_format, e.expires_after FROM posthog.{EXPORTS.name} e "
+        f"WHERE e.listed AND e.has_content AND e.expires_after < ? "
+        f"AND e.id NOT IN ({archived}) ORDER BY e.expires_after, e.id",
+        [before],
+    )
+
+
+def _state(export: dict[str, Any]) -> tuple[str, str | None]:
+    if export.get("exception"):
+        return "failed", export["exception"]
+    if not export.get("listed", True):
+        return "expired", "PostHog no longer lists this export; its content was not archived"
+    if not export.get("has_content"):
+        return "pending", "no content yet"
+    return "available", None
+
+
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports])
+def posthog_export_contents(
+    context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
+    lake: LakeResource,
+) -> dg.MaterializeResult:
+    """Archives the bytes of every export that has content and is not archived yet
+    (content-addressed under LAKE_ROOT), and parses CSV/XLSX into `posthog.export_rows`.
+    Endpoint: GET /api/projects/:id/exports/:id/content/ (302 to storage)"""
+    synced_at = datetime.now(UTC)
+    store = lake.get_lake()
+    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
+            posthog.get_client(logger=context.log) as client:
+        exports = {r["id"]: r for r in store.read_current(EXPORTS).to_pylist()}
+        archived = {
+            r["export_id"]
+            for r in store.read_current(EXPORT_CONTENTS, columns=["export_id"]).to_pylist()
+        }
+        states: dict[int, tuple[str, str | None]] = {}
+        todo: list[dict[str, Any]] = []
+        for export_id, export in exports.items():
+            if export_id in archived:
+                states[export_id] = ("archived", None)
+                continue
+            state, detail = _state(export)
+            if state == "pending" and export.get("listed", True):
+                # video exports render asynchronously: one poll per sync tells us if they are ready
+                try:
+                    fresh = client.get_export(export_id)
+                except PostHogNotFoundError:
+                    states[export_id] = ("expired", "PostHog answered 404 for this export")
+                    continue
+                export = {**export, "has_content": fresh.get("has_content"),
+                          "exception": fresh.get("exception")}
+                state, detail = _state(export)
+            if state == "available":
+                todo.append(export)
+            else:
+                states[export_id] = (state, detail)
+
+        progress = Progress(context.log, "export contents")
+        failures: list[str] = []
+        rows_by_export: Counter[int] = Counter()
+        with store.writer(EXPORT_CONTENTS, synced_at=synced_at) as contents_writer, \
+                store.writer(EXPORT_ROWS, synced_at=synced_at) as rows_writer:
+
+            def fetch(export: dict[str, Any]) -> Any:
+                tmp = store.tmp_dir() / f"{uuid.uuid4().hex}.part"
+                return client.download_export_content(export["id"], tmp)
+
+            with ThreadPoolExecutor(max_workers=max(1, config.max_concurrent_downloads)) as pool:
+                running: dict[Future, dict[str, Any]] = {}
+                queue = list(todo)
+                while queue or running:
+                    while queue and len(running) < config.max_concurrent_downloads * 2:
+                        export = queue.pop()
+                        running[pool.submit(fetch, export)] = export
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        export = running.pop(future)
+                        export_id = export["id"]
+                        try:
+                            download = future.result()
+                        except PostHogNotFoundError:
+                            states[export_id] = _after_404(client, export_id)
+                            continue
+                        except PostHogError as exc:
+                            failures.append(f"export {export_id}: {exc}")
+                            states[export_id] = ("error", str(exc))
+                            continue
+                        stored_path = store.store_content(download.path, download.sha256)
+                        contents_writer.write_rows([{
+                            "export_id": export_id,
+                            "sha256": download.sha256,
+                            "size_bytes": download.size_bytes,
+                            "content_type": download.content_type,
+                            "export_format": export.get("export_format"),
+                            "stored_path": stored_path,
+                            "fetched_at": datetime.now(UTC),
+                        }])
+                        states[export_id] = ("archived", None)
+                        if config.parse_tabular and export.get("export_format") in TABULAR_FORMATS:
+                            detail = _parse_rows(
+                                store.root / stored_path, export, rows_writer, rows_by_export
+                            )
+                            if detail:
+                                states[export_id] = ("archived", detail)
+                        progress.update(downloaded=len(todo) - len(queue) - len(running),
+                                        bytes=client.stats.bytes_downloaded,
+                                        total=len(todo), done=contents_writer.rows_written)
+
+        with store.writer(EXPORT_ARCHIVE, synced_at=synced_at) as archive_writer:
+            archive_writer.write_rows(
+                {
+                    "export_id": export_id,
+                    "state": state,
+                    "detail": detail,
+                    "export_format": exports[export_id].get("export_format"),
+                    "expires_after": exports[export_id].get("expires_after"),
+                    "checked_at": synced_at,
+                }
+                for export_id, (state, detail) in sorted(states.items())
+            )
+        # archived bytes are complete and exact even when other downloads failed: publish them
+        # so they survive PostHog's expiry, then fail loudly about the rest
+        published = store.publish(
+            [contents_writer, rows_writer, archive_writer],
+            run_id=context.run.run_id, asset="posthog_export_contents",
+        )
+    state_counts = Counter(state for state, _ in states.values())
+    if failures:
+        raise dg.Failure(
+            f"{len(failures)} export download(s) failed after retries; the "
+            f"{contents_writer.rows_written} that succeeded were archived. First: {failures[0]}",
+            metadata={"failures": dg.MetadataValue.json(failures[:50])},
+        )
+    return dg.MaterializeResult(
+        metadata=sync_metadata(
+            client.stats, published, lake_root=store.root,
+            preview=[
+                {"export_id": i, "state": s, "detail": d} for i, (s, d) in sorted(states.items())
+            ],
+            extra={
+                "archive_state": dg.MetadataValue.json(dict(state_counts)),
+                "contents_archived_now": contents_writer.rows_written,
+                "export_rows_written": rows_writer.rows_written,
+            },
+        )
+    )
+
+
+def _after_404(client: Any, export_id: int) -> tuple[str, str | None]:
+    """content/ said 404: the export expired since it was listed, or has no content yet."""
+    try:
+        fresh = client.get_export(export_id)
+    except PostHogNotFoundError:
+        return "expired", "expired between listing and download (404)"
+    if fresh.get("exception"):
+        return "failed", fresh["exception"]
+    return "pending", "content/ answered 404: no content yet"
+
+
+def _parse_rows(path: Path, export: dict[str, Any], writer: Any, counts: Counter[int]
+                ) -> str | None:
+    """Append the export's data rows, all or none; a file that does not parse is kept, noted."""
+    export_id = export["id"]
+    fmt = export["export_format"]
+    try:
+        rows = iter_table_rows(path, fmt)
+        head = list(islice(rows, _PARSE_BUFFER))
+        tail = sum(1 for _ in rows)  # parse the rest before writing anything: no partial exports
+    except Exception as exc:  # csv, UnicodeDecodeError, and openpyxl's assorted errors alike
+        return f"archived, but its rows could not be parsed: {type(exc).__name__}: {exc}"
+    records = ({"export_id": export_id, "row_number": n, "row": to_json(row)}
+               for n, row in enumerate(head, start=1))
+    writer.write_rows(records)
+    if tail:
+        rest = islice(iter_table_rows(path, fmt), _PARSE_BUFFER, None)
+        writer.write_rows({"export_id": export_id, "row_number": n, "row": to_json(row)}
+                          for n, row in enumerate(rest, start=_PARSE_BUFFER + 1))
+    counts[export_id] = len(head) + tail
+    return None

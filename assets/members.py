@@ -1,0 +1,91 @@
+"""Explicit project members (a legacy PostHog endpoint) and the guarded delete job."""
+
+
+from datetime import UTC, datetime
+
+import dagster as dg
+from pydantic import Field
+
+from assets.groups import KINDS, SyncConfig
+from assets.metadata import sync_metadata
+from assets.tables import EXPLICIT_MEMBERS, explicit_member_row
+from resources.errors import PostHogEndpointMissingError
+from resources.lake import LakeResource
+from resources.posthog import PostHogResource
+
+
+@dg.asset(group_name="posthog", kinds=KINDS)
+def posthog_explicit_members(
+    context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+    lake: LakeResource,
+) -> dg.MaterializeResult:
+    """Explicit project members; an empty table where PostHog no longer has the endpoint
+    (current cloud). Endpoint: GET /api/projects/:id/explicit_members/"""
+    synced_at = datetime.now(UTC)
+    store = lake.get_lake()
+    reason = None
+    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
+            posthog.get_client(logger=context.log) as client:
+        try:
+            rows = [explicit_member_row(m) for m in client.list_explicit_members()]
+        except PostHogEndpointMissingError:
+            rows = []
+            reason = (
+                "This PostHog has no explicit_members endpoint (it was removed with the move to "
+                "role-based access control); the table is empty by design."
+            )
+            context.log.info(reason)
+        with store.writer(EXPLICIT_MEMBERS, synced_at=synced_at) as writer:
+            writer.write_rows(rows)
+        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_explicit_members")
+    extra = {"endpoint_available": reason is None}
+    if reason:
+        extra["why_empty"] = reason
+    return dg.MaterializeResult(
+        metadata=sync_metadata(
+            client.stats, published, lake_root=store.root, preview=rows, extra=extra)
+    )
+
+
+class DeleteMembersConfig(dg.Config):
+    user_uuids: list[str] = Field(
+        default_factory=list, description="User uuids whose explicit membership to delete."
+    )
+    confirm: bool = Field(
+        default=False,
+        description="Must be true to delete; otherwise this is a dry run that only says what it "
+        "would do.",
+    )
+
+
+@dg.op
+def delete_explicit_members(
+    context: dg.OpExecutionContext, config: DeleteMembersConfig, posthog: PostHogResource
+) -> dg.Output[list[str]]:
+    """Deletes explicit project members. Endpoint: DELETE /api/projects/:id/explicit_members/:uuid/"""
+    if not config.user_uuids:
+        context.log.info("No user_uuids given: nothing to delete.")
+        return dg.Output([], metadata={"deleted": 0, "dry_run": not config.confirm})
+    if not config.confirm:
+        for user_uuid in config.user_uuids:
+            context.log.info("DRY RUN: would delete explicit member %s", user_uuid)
+        context.log.info(
+            "Dry run: nothing was deleted. Set `confirm: true` in this op's config to delete "
+            "these %d member(s).", len(config.user_uuids)
+        )
+        return dg.Output([], metadata={"deleted": 0, "dry_run": True,
+                                       "would_delete": dg.MetadataValue.json(config.user_uuids)})
+    deleted: list[str] = []
+    with posthog.get_client(logger=context.log) as client:
+        for user_uuid in config.user_uuids:
+            client.delete_explicit_member(user_uuid)
+            context.log.info("Deleted explicit member %s", user_uuid)
+            deleted.append(user_uuid)
+    return dg.Output(deleted, metadata={"deleted": len(deleted), "dry_run": False,
+                                        "deleted_uuids": dg.MetadataValue.json(deleted)})
+
+
+@dg.job(description="Deletes explicit project members: a dry run unless `confirm: true`. "
+        "Never scheduled.")
+def delete_explicit_members_job() -> None:
+    delete_explicit_members()

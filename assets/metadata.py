@@ -1,0 +1,70 @@
+"""What every materialization reports: rows, requests, retries, 429s, bytes, a preview, links."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+PREVIEW_ROWS = 10
+_CELL_CHARS = 60
+
+
+def _cell(value: Any) -> str:
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value if value is not None else "")
+    text = text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= _CELL_CHARS else text[: _CELL_CHARS - 1] + "…"
+
+
+def markdown_preview(rows: Sequence[Mapping[str, Any]], *, limit: int = PREVIEW_ROWS) -> str:
+    """A small Markdown table of the first rows (cells shortened, pipes escaped)."""
+    rows = list(rows[:limit])
+    if not rows:
+        return "_no rows_"
+    columns = list(rows[0].keys())
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+    ]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def sync_metadata(
+    stats: Any,
+    published: Sequence[Any],
+    *,
+    lake_root: Path | None = None,
+    preview: Sequence[Mapping[str, Any]] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Materialization metadata from the client's counters and the tables just published."""
+    first = published[0] if published else None
+    meta: dict[str, Any] = {
+        "dagster/row_count": first.rows if first else 0,
+        "rows": {t.name: t.rows for t in published} if len(published) > 1 else (first.rows if first else 0),
+        "pages": stats.pages,
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "throttled_429s": stats.throttled,
+        "bytes_downloaded": stats.bytes_downloaded,
+        "seconds_waiting_for_rate_budget": round(stats.waited_for_budget_s, 2),
+        "snapshot_id": first.snapshot_id if first else "",
+        "preview": dg.MetadataValue.md(markdown_preview(preview)),
+    }
+    if isinstance(meta["rows"], dict):
+        meta["rows"] = dg.MetadataValue.json(meta["rows"])
+    if first and first.files and lake_root is not None:
+        # the directory of the snapshot just written: where the Parquet dataset lives
+        newest = first.new_files[-1] if first.new_files else first.files[-1]
+        meta["dagster/uri"] = dg.MetadataValue.path(str((lake_root / newest).parent))
+    if extra:
+        meta.update(extra)
+    # Dagster metadata values must be JSON-able; keep anything odd as text
+    for key, value in list(meta.items()):
+        if not isinstance(value, str | int | float | bool | dg.MetadataValue):
+            meta[key] = json.dumps(value, default=str)
+    return meta

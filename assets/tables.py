@@ -1,0 +1,409 @@
+"""The warehouse tables (`posthog.*`): their Parquet schemas and how API objects become rows.
+
+Every field the API returns is kept: the fields the contract names get typed columns, anything
+else (fields PostHog adds later) goes into the `extra` JSON column, so a new field never breaks a
+sync and is never lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from resources.lake import TableSpec
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+def to_json(value: Any) -> str | None:
+    """Serialise a JSON value exactly (big integers, unicode) or None for JSON null."""
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_ts(value: Any) -> datetime | None:
+    """Parse PostHog's ISO-8601 timestamps (`...Z`) into aware UTC datetimes; None if absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected an ISO-8601 timestamp string, got {type(value).__name__}")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else to_json(value)
+
+
+def _bool_or_none(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _extra(obj: Mapping[str, Any], known: Iterable[str], **unparsed: Any) -> str | None:
+    rest = {k: v for k, v in obj.items() if k not in known}
+    rest.update({k: v for k, v in unparsed.items() if v is not None})
+    return to_json(rest) if rest else None
+
+
+def _ts_field(obj: Mapping[str, Any], field: str, unparsed: dict[str, Any]) -> datetime | None:
+    """A timestamp column; a value that does not parse is kept verbatim in `extra`."""
+    try:
+        return parse_ts(obj.get(field))
+    except (ValueError, TypeError):
+        unparsed[f"{field}_unparsed"] = obj.get(field)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# group types
+
+GROUP_TYPES = TableSpec(
+    name="group_types",
+    schema=pa.schema(
+        [
+            ("group_type_index", pa.int64()),
+            ("group_type", pa.string()),
+            ("name_singular", pa.string()),
+            ("name_plural", pa.string()),
+            ("detail_dashboard", pa.int64()),
+            ("default_columns", pa.string()),
+            ("created_at", TS),
+            ("extra", pa.string()),
+        ]
+    ),
+    json_columns=("default_columns", "extra"),
+    description="One row per group type (GET /api/projects/:id/groups_types/).",
+)
+_GROUP_TYPE_FIELDS = (
+    "group_type_index",
+    "group_type",
+    "name_singular",
+    "name_plural",
+    "detail_dashboard",
+    "default_columns",
+    "created_at",
+)
+
+
+def group_type_row(obj: Mapping[str, Any]) -> dict[str, Any]:
+    unparsed: dict[str, Any] = {}
+    created_at = _ts_field(obj, "created_at", unparsed)
+    return {
+        "group_type_index": _int_or_none(obj.get("group_type_index")),
+        "group_type": _str_or_none(obj.get("group_type")),
+        "name_singular": _str_or_none(obj.get("name_singular")),
+        "name_plural": _str_or_none(obj.get("name_plural")),
+        "detail_dashboard": _int_or_none(obj.get("detail_dashboard")),
+        "default_columns": to_json(obj.get("default_columns")),
+        "created_at": created_at,
+        "extra": _extra(obj, _GROUP_TYPE_FIELDS, **unparsed),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# groups
+
+GROUPS = TableSpec(
+    name="groups",
+    schema=pa.schema(
+        [
+            ("group_type_index", pa.int64()),
+            ("group_type", pa.string()),
+            ("group_key", pa.string()),
+            ("group_properties", pa.string()),
+            ("created_at", TS),
+            ("extra", pa.string()),
+        ]
+    ),
+    json_columns=("group_properties", "extra"),
+    history_view="groups_history",
+    unique_key=("group_type_index", "group_key"),
+    description="One row per group in the latest complete snapshot (GET .../groups/).",
+)
+_GROUP_FIELDS = ("group_type_index", "group_key", "group_properties", "created_at")
+
+
+def group_row(obj: Mapping[str, Any], group_type: str | None) -> dict[str, Any]:
+    unparsed: dict[str, Any] = {}
+    created_at = _ts_field(obj, "created_at", unparsed)
+    props = obj.get("group_properties")
+    return {
+        "group_type_index": _int_or_none(obj.get("group_type_index")),
+        "group_type": group_type,
+        "group_key": _str_or_none(obj.get("group_key")),
+        "group_properties": to_json(props if props is not None else {}),
+        "created_at": created_at,
+        "extra": _extra(obj, _GROUP_FIELDS, **unparsed),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# group property definitions and values
+
+GROUP_PROPERTY_DEFINITIONS = TableSpec(
+    name="group_property_definitions",
+    schema=pa.schema(
+        [
+            ("group_type_index", pa.int64()),
+            ("group_type", pa.string()),
+            ("name", pa.string()),
+            ("property_type", pa.string()),
+            ("is_numerical", pa.bool_()),
+            ("id", pa.string()),
+            ("extra", pa.string()),
+        ]
+    ),
+    json_columns=("extra",),
+    unique_key=("group_type_index", "name"),
+    description="One row per (group type, property name) (GET .../property_definitions/?type=group).",
+)
+_PROPDEF_FIELDS = ("name", "property_type", "is_numerical", "id")
+
+
+def property_definition_row(
+    obj: Mapping[str, Any], group_type_index: int, group_type: str | None
+) -> dict[str, Any]:
+    return {
+        "group_type_index": group_type_index,
+        "group_type": group_type,
+        "name": _str_or_none(obj.get("name")),
+        "property_type": _str_or_none(obj.get("property_type")),
+        "is_numerical": _bool_or_none(obj.get("is_numerical")),
+        "id": _str_or_none(obj.get("id")),
+        "extra": _extra(obj, _PROPDEF_FIELDS),
+    }
+
+
+GROUP_PROPERTY_VALUES = TableSpec(
+    name="group_property_values",
+    schema=pa.schema(
+        [
+            ("group_type_index", pa.int64()),
+            ("group_type", pa.string()),
+            ("key", pa.string()),
+            ("value", pa.string()),
+            ("count", pa.int64()),
+            ("extra", pa.string()),
+        ]
+    ),
+    json_columns=("extra",),
+    description="Top values per (group type, property key) (GET .../groups/property_values/).",
+)
+
+
+def property_value_row(
+    obj: Mapping[str, Any], group_type_index: int, group_type: str | None, key: str
+) -> dict[str, Any]:
+    return {
+        "group_type_index": group_type_index,
+        "group_type": group_type,
+        "key": key,
+        "value": _str_or_none(obj.get("name")),
+        "count": _int_or_none(obj.get("count")),
+        "extra": _extra(obj, ("name", "count")),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# exports
+
+EXPORTS = TableSpec(
+    name="exports",
+    schema=pa.schema(
+        [
+            ("id", pa.int64()),
+            ("dashboard", pa.int64()),
+            ("insight", pa.int64()),
+            ("export_format", pa.string()),
+            ("created_at", TS),
+            ("has_content", pa.bool_()),
+            ("export_context", pa.string()),
+            ("filename", pa.string()),
+            ("expires_after", TS),
+            ("exception", pa.string()),
+            ("user_access_level", pa.string()),
+            ("extra", pa.string()),
+            ("first_seen_at", TS),
+            ("last_seen_at", TS),
+            ("listed", pa.bool_()),
+        ]
+    ),
+    json_columns=("export_context", "extra"),
+    unique_key=("id",),
+    description=(
+        "Every exported asset ever seen (GET .../exports/); `listed` is false once PostHog "
+        "stops listing it (expired), the row stays."
+    ),
+)
+_EXPORT_FIELDS = (
+    "id",
+    "dashboard",
+    "insight",
+    "export_format",
+    "created_at",
+    "has_content",
+    "export_context",
+    "filename",
+    "expires_after",
+    "exception",
+    "user_access_level",
+)
+
+
+def export_row(obj: Mapping[str, Any], *, seen_at: datetime) -> dict[str, Any]:
+    unparsed: dict[str, Any] = {}
+    created_at = _ts_field(obj, "created_at", unparsed)
+    expires_after = _ts_field(obj, "expires_after", unparsed)
+    return {
+        "id": _int_or_none(obj.get("id")),
+        "dashboard": _int_or_none(obj.get("dashboard")),
+        "insight": _int_or_none(obj.get("insight")),
+        "export_format": _str_or_none(obj.get("export_format")),
+        "created_at": created_at,
+        "has_content": _bool_or_none(obj.get("has_content")),
+        "export_context": to_json(obj.get("export_context")),
+        "filename": _str_or_none(obj.get("filename")),
+        "expires_after": expires_after,
+        "exception": _str_or_none(obj.get("exception")),
+        "user_access_level": _str_or_none(obj.get("user_access_level")),
+        "extra": _extra(obj, _EXPORT_FIELDS, **unparsed),
+        "first_seen_at": seen_at,
+        "last_seen_at": seen_at,
+        "listed": True,
+    }
+
+
+EXPORT_CONTENTS = TableSpec(
+    name="export_contents",
+    schema=pa.schema(
+        [
+            ("export_id", pa.int64()),
+            ("sha256", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("content_type", pa.string()),
+            ("export_format", pa.string()),
+            ("stored_path", pa.string()),
+            ("fetched_at", TS),
+        ]
+    ),
+    mode="append",
+    unique_key=("export_id",),
+    description="Archived export bytes, content-addressed under LAKE_ROOT (GET .../content/).",
+)
+
+EXPORT_ROWS = TableSpec(
+    name="export_rows",
+    schema=pa.schema(
+        [
+            ("export_id", pa.int64()),
+            ("row_number", pa.int64()),
+            ("row", pa.string()),
+        ]
+    ),
+    json_columns=("row",),
+    mode="append",
+    description="One row per data row of an archived CSV/XLSX export (header order kept).",
+)
+
+# archive state per export: archived / pending / failed / expired / no_content
+EXPORT_ARCHIVE = TableSpec(
+    name="export_archive",
+    schema=pa.schema(
+        [
+            ("export_id", pa.int64()),
+            ("state", pa.string()),
+            ("detail", pa.string()),
+            ("export_format", pa.string()),
+            ("expires_after", TS),
+            ("checked_at", TS),
+        ]
+    ),
+    unique_key=("export_id",),
+    description="Archive state of every export seen: archived, pending, failed or expired.",
+)
+
+# ---------------------------------------------------------------------------------------------
+# explicit members (legacy endpoint)
+
+EXPLICIT_MEMBERS = TableSpec(
+    name="explicit_members",
+    schema=pa.schema(
+        [
+            ("user_uuid", pa.string()),
+            ("id", pa.string()),
+            ("level", pa.int64()),
+            ("parent_level", pa.int64()),
+            ("effective_level", pa.int64()),
+            ("parent_membership_id", pa.string()),
+            ("joined_at", TS),
+            ("updated_at", TS),
+            ("user", pa.string()),
+            ("extra", pa.string()),
+        ]
+    ),
+    json_columns=("user", "extra"),
+    description="Explicit project members (legacy GET .../explicit_members/; empty on current cloud).",
+)
+_MEMBER_FIELDS = (
+    "id",
+    "level",
+    "parent_level",
+    "effective_level",
+    "parent_membership_id",
+    "joined_at",
+    "updated_at",
+    "user",
+)
+
+
+def explicit_member_row(obj: Mapping[str, Any]) -> dict[str, Any]:
+    unparsed: dict[str, Any] = {}
+    joined_at = _ts_field(obj, "joined_at", unparsed)
+    updated_at = _ts_field(obj, "updated_at", unparsed)
+    user = obj.get("user")
+    user_uuid = user.get("uuid") if isinstance(user, Mapping) else None
+    return {
+        "user_uuid": _str_or_none(user_uuid),
+        "id": _str_or_none(obj.get("id")),
+        "level": _int_or_none(obj.get("level")),
+        "parent_level": _int_or_none(obj.get("parent_level")),
+        "effective_level": _int_or_none(obj.get("effective_level")),
+        "parent_membership_id": _str_or_none(obj.get("parent_membership_id")),
+        "joined_at": joined_at,
+        "updated_at": updated_at,
+        "user": to_json(user),
+        "extra": _extra(obj, _MEMBER_FIELDS, **unparsed),
+    }
+
+
+ALL_TABLES = (
+    GROUP_TYPES,
+    GROUPS,
+    GROUP_PROPERTY_DEFINITIONS,
+    GROUP_PROPERTY_VALUES,
+    EXPORTS,
+    EXPORT_CONTENTS,
+    EXPORT_ROWS,
+    EXPORT_ARCHIVE,
+    EXPLICIT_MEMBERS,
+)

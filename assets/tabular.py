@@ -1,0 +1,92 @@
+"""Read archived CSV/XLSX export files as rows of (column name -> cell text), header order kept."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import openpyxl
+
+CSV_FORMAT = "text/csv"
+XLSX_FORMAT = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+TABULAR_FORMATS = frozenset({CSV_FORMAT, XLSX_FORMAT})
+
+
+def unique_header(header: Sequence[str]) -> list[str]:
+    """Column names made unique (`a`, `a_2`, ...) so no cell is lost when rows become objects."""
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for raw in header:
+        name = raw if raw != "" else "column"
+        if name in seen:
+            seen[name] += 1
+            candidate = f"{name}_{seen[name]}"
+            while candidate in seen:
+                seen[name] += 1
+                candidate = f"{name}_{seen[name]}"
+            name = candidate
+        seen.setdefault(name, 1)
+        out.append(name)
+    return out
+
+
+def _as_objects(rows: Iterator[list[str | None]]) -> Iterator[dict[str, str | None]]:
+    try:
+        header = unique_header([c or "" for c in next(rows)])
+    except StopIteration:
+        return
+    for cells in rows:
+        if len(cells) > len(header):
+            # a ragged row: keep the surplus cells under positional names rather than drop them
+            header = unique_header(header + [f"column_{i + 1}" for i in range(len(header), len(cells))])
+        yield {name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header)}
+
+
+def _csv_rows(path: Path) -> Iterator[list[str | None]]:
+    # utf-8-sig: PostHog writes plain UTF-8, but a BOM from elsewhere must not end up in a column name
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        yield from csv.reader(fh)
+
+
+def _cell_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def _xlsx_rows(path: Path) -> Iterator[list[str | None]]:
+    # a file object, not the path: archived files have no extension and openpyxl judges by it
+    with path.open("rb") as fh:
+        yield from _workbook_rows(fh)
+
+
+def _workbook_rows(fh: BinaryIO) -> Iterator[list[str | None]]:
+    workbook = openpyxl.load_workbook(fh, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        for values in sheet.iter_rows(values_only=True):
+            cells = [_cell_text(v) for v in values]
+            while cells and cells[-1] is None:
+                cells.pop()
+            if cells:
+                yield cells
+    finally:
+        workbook.close()
+
+
+def iter_table_rows(path: Path, export_format: str) -> Iterator[dict[str, str | None]]:
+    """Data rows of a CSV or XLSX file as dicts in header order (the header row is not a row)."""
+    if export_format == CSV_FORMAT:
+        return _as_objects(_csv_rows(path))
+    if export_format == XLSX_FORMAT:
+        return _as_objects(_xlsx_rows(path))
+    raise ValueError(f"not a tabular export format: {export_format!r}")

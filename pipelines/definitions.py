@@ -1,0 +1,70 @@
+"""The one Dagster Definitions object: assets, checks, jobs, schedules, sensors, resources.
+
+This is the only place environment variables are wired. An unset optional variable falls back
+to the contract's default; an unset required one reaches the resource as "" and fails the run
+with a message naming the variable.
+"""
+
+import os
+
+import dagster as dg
+
+from assets.checks import (
+    posthog_export_contents_sha256,
+    posthog_exports_expiring_unarchived,
+    posthog_groups_unique_key,
+)
+from assets.exports import posthog_export_contents, posthog_exports, posthog_requested_exports
+from assets.groups import (
+    posthog_group_property_definitions,
+    posthog_group_property_values,
+    posthog_group_types,
+    posthog_groups,
+)
+from assets.members import posthog_explicit_members
+from pipelines.jobs import ALL_JOBS
+from pipelines.schedules import ALL_SCHEDULES
+from pipelines.sensors import ALL_SENSORS
+from resources.lake import LakeResource
+from resources.posthog import PostHogResource
+
+
+def _env(name: str, default: str) -> str | dg.EnvVar:
+    """`EnvVar(name)` when the variable is set (resolved at run time), else the default."""
+    return dg.EnvVar(name) if os.environ.get(name) not in (None, "") else default
+
+
+defs = dg.Definitions(
+    assets=[
+        posthog_group_types,
+        posthog_groups,
+        posthog_group_property_definitions,
+        posthog_group_property_values,
+        posthog_requested_exports,
+        posthog_exports,
+        posthog_export_contents,
+        posthog_explicit_members,
+    ],
+    asset_checks=[
+        posthog_groups_unique_key,
+        posthog_export_contents_sha256,
+        posthog_exports_expiring_unarchived,
+    ],
+    jobs=ALL_JOBS,
+    schedules=ALL_SCHEDULES,
+    sensors=ALL_SENSORS,
+    resources={
+        "posthog": PostHogResource(
+            host=_env("POSTHOG_HOST", "https://us.posthog.com"),
+            project_id=_env("POSTHOG_PROJECT_ID", ""),
+            personal_api_key=_env("POSTHOG_PERSONAL_API_KEY", ""),
+            requests_per_minute=_env("POSTHOG_REQUESTS_PER_MINUTE", "480"),
+            requests_per_hour=_env("POSTHOG_REQUESTS_PER_HOUR", "4800"),
+            state_dir=_env("LAKE_ROOT", "data/lake"),
+        ),
+        "lake": LakeResource(
+            lake_root=_env("LAKE_ROOT", "data/lake"),
+            duckdb_database=_env("DUCKDB_DATABASE", "data/warehouse.duckdb"),
+        ),
+    },
+)

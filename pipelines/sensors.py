@@ -1,0 +1,32 @@
+"""Sensors: catch exports about to expire without archived content, between hourly ticks."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from assets.exports import expiring_unarchived
+from pipelines.jobs import posthog_exports_job
+from resources.lake import LakeResource
+
+EXPIRY_HORIZON = timedelta(hours=6)
+
+
+@dg.sensor(job=posthog_exports_job, minimum_interval_seconds=600)
+def posthog_expiring_exports_sensor(
+    context: dg.SensorEvaluationContext, lake: LakeResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Runs the exports job when an export with content expires within 6 hours unarchived.
+
+    It reads only the lake (no API calls), so it costs nothing from the rate budget.
+    """
+    rows = expiring_unarchived(lake.get_lake(), datetime.now(UTC) + EXPIRY_HORIZON)
+    if not rows:
+        return dg.SkipReason("No export with content expires within 6 hours unarchived.")
+    ids = [r[0] for r in rows]
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"expiring-{ids[0]}-{ids[-1]}-{len(ids)}",
+                                    tags={"posthog/expiring_exports": str(len(ids))})]
+    )
+
+
+ALL_SENSORS = [posthog_expiring_exports_sensor]

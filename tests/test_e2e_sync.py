@@ -1,0 +1,280 @@
+"""End to end: real Dagster runs against the simulator over real HTTP, real Parquet and DuckDB.
+
+After a sync the warehouse must equal the simulator's dataset exactly; faults must not change
+that; a failed sync must leave the previous snapshot readable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from assets.tabular import CSV_FORMAT, XLSX_FORMAT
+from posthog_sim import FaultSpec
+from tests.helpers import expected_groups, failure_text, landed_groups, start_sim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parse_ts(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from assets.tables import parse_ts
+
+    return parse_ts(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _expected_rows(content: bytes, fmt: str) -> list[dict]:
+    if fmt == CSV_FORMAT:
+        reader = csv.reader(io.StringIO(content.decode("utf-8-sig"), newline=""))
+        rows = list(reader)
+    else:
+        wb = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+        from assets.tabular import _cell_text
+
+        rows = []
+        for values in wb.worksheets[0].iter_rows(values_only=True):
+            cells = [_cell_text(v) for v in values]
+            while cells and cells[-1] is None:
+                cells.pop()
+            if cells:
+                rows.append(cells)
+    header, body = rows[0], rows[1:]
+    return [dict(zip(header, r + [None] * (len(header) - len(r)), strict=False)) for r in body]
+
+
+def assert_warehouse_equals_simulator(env) -> None:
+    sim = env.sim
+    ds = sim.dataset
+
+    # group types: every field, typed
+    types = env.query(
+        "SELECT group_type_index, group_type, name_singular, name_plural, detail_dashboard, "
+        "default_columns::VARCHAR FROM posthog.group_types ORDER BY 1"
+    )
+    assert [
+        (t["group_type_index"], t["group_type"], t["name_singular"], t["name_plural"],
+         t["detail_dashboard"],
+         json.dumps(t["default_columns"], separators=(",", ":"))
+         if t["default_columns"] is not None else None)
+        for t in ds.group_types()
+    ] == [tuple(r) for r in types]
+
+    # groups: every group of every type, properties equal as JSON, created_at equal
+    expected = expected_groups(sim)
+    landed = landed_groups(env)
+    assert landed.keys() == expected.keys()
+    for key, group in expected.items():
+        assert landed[key]["group_properties"] == group["group_properties"], key
+        assert landed[key]["created_at"] == _parse_ts(group["created_at"]), key
+
+    # exports metadata: every visible export, every contract field
+    exports = {
+        r[0]: r for r in env.query(
+            "SELECT id, dashboard, insight, export_format, has_content, "
+            "export_context::VARCHAR, filename, exception, "
+            "strftime(expires_after AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%f'), listed "
+            "FROM posthog.exports"
+        )
+    }
+    visible = ds.exports(user_id=1)
+    assert {e["id"] for e in visible} <= exports.keys()
+    for e in visible:
+        row = exports[e["id"]]
+        assert row[1:5] == (e["dashboard"], e["insight"], e["export_format"], e["has_content"]) \
+            or (e["export_format"].startswith("video/") and row[4] in (True, False))
+        ctx = json.loads(row[5]) if row[5] is not None else None
+        assert ctx == e["export_context"]
+        assert row[6] == e["filename"]
+        assert row[8] == _parse_ts(e["expires_after"])
+
+    # archived bytes: byte-for-byte what PostHog served, under LAKE_ROOT
+    contents = env.query(
+        "SELECT export_id, sha256, size_bytes, stored_path, export_format "
+        "FROM posthog.export_contents"
+    )
+    by_id = {r[0]: r for r in contents}
+    with_content = [e for e in visible if ds.export_content(e["id"]) is not None
+                    and not e["export_format"].startswith("video/")]
+    assert {e["id"] for e in with_content} <= by_id.keys()
+    for export_id, sha256, size, stored_path, _ in contents:
+        data = (env.lake_root / stored_path).read_bytes()
+        assert data == ds.export_content(export_id)
+        assert hashlib.sha256(data).hexdigest() == sha256 and len(data) == size
+        assert (env.lake_root / stored_path).resolve().is_relative_to(env.lake_root.resolve())
+
+    # CSV and XLSX rows: header order and cell text kept
+    for export_id, *_rest, fmt in contents:
+        if fmt not in (CSV_FORMAT, XLSX_FORMAT):
+            continue
+        rows = env.query(
+            "SELECT row::VARCHAR FROM posthog.export_rows WHERE export_id = ? ORDER BY row_number",
+            [export_id],
+        )
+        landed_rows = [json.loads(r[0]) for r in rows]
+        want = _expected_rows(ds.export_content(export_id), fmt)
+        assert landed_rows == want, export_id
+        assert [list(r.keys()) for r in landed_rows] == [list(r.keys()) for r in want]
+
+
+def test_sync_lands_exactly_the_simulators_data(sim_env):
+    result = sim_env.sync()
+    assert result.success
+    assert_warehouse_equals_simulator(sim_env)
+    # group property definitions and values landed for every type
+    defs_count = sim_env.query("SELECT count(*) FROM posthog.group_property_definitions")[0][0]
+    expected_defs = sum(len(sim_env.sim.dataset.property_definitions(t["group_type_index"]))
+                        for t in sim_env.sim.dataset.group_types())
+    assert defs_count == expected_defs
+    assert sim_env.query("SELECT count(*) FROM posthog.group_property_values")[0][0] > 0
+    # explicit members: empty by design on current PostHog, and says why
+    assert sim_env.query("SELECT count(*) FROM posthog.explicit_members")[0][0] == 0
+    meta = result.asset_materializations_for_node("posthog_explicit_members")[0].metadata
+    assert "why_empty" in meta
+    # every materialization reports rows, requests, retries, 429s, bytes and a preview
+    groups_meta = result.asset_materializations_for_node("posthog_groups")[0].metadata
+    for key in ("dagster/row_count", "pages", "requests", "retries", "throttled_429s",
+                "bytes_downloaded", "preview"):
+        assert key in groups_meta
+    assert groups_meta["dagster/row_count"].value == len(expected_groups(sim_env.sim))
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["posthog_groups_unique_key"] and checks["posthog_export_contents_sha256"]
+
+
+def test_second_sync_downloads_zero_content_bytes(sim_env):
+    assert sim_env.sync().success
+    sim_env.sim.clear_log()
+    result = sim_env.sync()
+    assert result.success
+    meta = result.asset_materializations_for_node("posthog_export_contents")[0].metadata
+    assert meta["bytes_downloaded"].value == 0
+    assert not [r for r in sim_env.sim.request_log if r.server == "storage" or "/content" in r.path]
+    assert_warehouse_equals_simulator(sim_env)
+    # groups_history keeps both snapshots
+    snapshots = sim_env.query("SELECT count(DISTINCT synced_at) FROM posthog.groups_history")
+    assert snapshots[0][0] == 2
+
+
+def test_sync_with_random_faults_is_exact_and_fetches_once(tmp_path):
+    faults = FaultSpec(seed=11, rate=0.15, slow_seconds=0.3)
+    with start_sim(tmp_path, groups_per_type=(900, 310), n_exports=25, faults=faults) as env:
+        result = env.sync()
+        assert result.success
+        assert_warehouse_equals_simulator(env)
+        log = env.sim.request_log
+        assert any(r.fault for r in log), "the fault injector injected nothing"
+        ok_group_pages = [r.query for r in log
+                          if r.server == "api" and r.path.rstrip("/").endswith("/groups")
+                          and r.status == 200 and not r.fault]
+        # every page served successfully exactly once per sync (a retry only follows a failure)
+        assert len(ok_group_pages) == len(set(ok_group_pages))
+        ok_downloads = [r.path for r in log if r.server == "storage" and r.status == 200
+                        and not r.fault]
+        assert len(ok_downloads) == len(set(ok_downloads))
+        meta = result.asset_materializations_for_node("posthog_groups")[0].metadata
+        assert meta["retries"].value > 0
+
+
+def test_failed_sync_leaves_previous_snapshot_and_next_sync_succeeds(sim_env):
+    assert sim_env.sync().success
+    before = landed_groups(sim_env)
+    sim_env.sim.dataset.insert_group(0, "new-group-after-first-sync", {"plan": "new"})
+    sim_env.sim.inject("500", r"/groups/$", times=10_000)
+    failed = sim_env.sync(select=["posthog_groups"], raise_on_error=False)
+    assert not failed.success
+    assert "GET /api/projects/1/groups/" in failure_text(failed)
+    assert landed_groups(sim_env) == before
+    sim_env.sim.clear_faults()
+    assert sim_env.sync(select=["posthog_groups"]).success
+    after = landed_groups(sim_env)
+    assert (0, "new-group-after-first-sync") in after
+    assert after.keys() == expected_groups(sim_env.sim).keys()
+    debris = [p for p in sim_env.lake_root.rglob("*") if "_staging" in p.parts and p.is_file()]
+    assert debris == []
+
+
+def test_key_never_reaches_another_origin(tmp_path):
+    with start_sim(tmp_path, groups_per_type=(350,), n_exports=8,
+                   next_link="foreign_origin") as env:
+        assert env.sync(select=["posthog_group_types", "posthog_groups", "posthog_exports",
+                                "posthog_export_contents"]).success
+        log = env.sim.request_log
+        assert not [r for r in log if r.server == "foreign"]
+        assert not [r for r in log if r.server == "storage" and r.authorization]
+        assert any(r.server == "storage" for r in log)
+        assert len(landed_groups(env)) == 350
+
+
+@pytest.mark.parametrize("mode", ["loop", "outside_api"])
+def test_hostile_next_link_fails_loudly(tmp_path, mode):
+    with start_sim(tmp_path, groups_per_type=(350,), n_exports=0, next_link=mode) as env:
+        result = env.sync(select=["posthog_group_types", "posthog_groups"], raise_on_error=False)
+        assert not result.success
+        message = failure_text(result)
+        assert "next" in message.lower() or "cursor" in message.lower()
+        assert env.sim.api_key not in message
+
+
+def test_delete_job_deletes_nothing_without_confirmation(tmp_path):
+    from pipelines.definitions import defs
+
+    with start_sim(tmp_path, groups_per_type=(5,), n_exports=0,
+                   explicit_members="legacy") as env:
+        members = list(env.sim.dataset.explicit_members)
+        uuid = members[0]["user"]["uuid"]
+        job = defs.resolve_job_def("delete_explicit_members_job")
+        config = {"ops": {"delete_explicit_members": {"config": {"user_uuids": [uuid]}}}}
+        dry = job.execute_in_process(run_config=config, resources=env.resources())
+        assert dry.success
+        assert not [r for r in env.sim.request_log if r.method == "DELETE"]
+        config["ops"]["delete_explicit_members"]["config"]["confirm"] = True
+        real = job.execute_in_process(run_config=config, resources=env.resources())
+        assert real.success
+        deletes = [r for r in env.sim.request_log if r.method == "DELETE"]
+        assert len(deletes) == 1 and uuid in deletes[0].path
+        # the members table syncs from the legacy endpoint too
+        assert env.sync(select=["posthog_explicit_members"]).success
+        assert env.query("SELECT count(*) FROM posthog.explicit_members")[0][0] == len(members) - 1
+
+
+def test_dagster_cli_full_sync_and_sql_command(sim_env):
+    """The contract's command, exactly as users type it, in a real multi-process Dagster run."""
+    env = {
+        **os.environ,
+        "POSTHOG_HOST": sim_env.sim.api_url,
+        "POSTHOG_PROJECT_ID": str(sim_env.sim.project_id),
+        "POSTHOG_PERSONAL_API_KEY": sim_env.sim.api_key,
+        "LAKE_ROOT": str(sim_env.lake_root),
+        "DUCKDB_DATABASE": str(sim_env.database),
+        "DAGSTER_HOME": str(sim_env.tmp / "dagster_home"),
+    }
+    (sim_env.tmp / "dagster_home").mkdir()
+    bindir = Path(sys.executable).parent
+    run = subprocess.run(
+        [str(bindir / "dagster"), "asset", "materialize", "-m", "pipelines.definitions",
+         "--select", "*"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sim_env.sim.api_key not in run.stdout + run.stderr
+    assert_warehouse_equals_simulator(sim_env)
+    sql = subprocess.run(
+        [str(bindir / "posthog-pipeline"), "sql",
+         "SELECT group_type_index, count(*) AS n FROM posthog.groups GROUP BY 1 ORDER BY 1"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert sql.returncode == 0, sql.stderr
+    assert "450" in sql.stdout and "230" in sql.stdout
+    status = subprocess.run([str(bindir / "posthog-pipeline"), "status"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "groups" in status.stdout and "Last sync per asset" in status.stdout
