@@ -101,7 +101,10 @@ def posthog_groups(
     return dg.MaterializeResult(
         metadata=sync_metadata(
             client.stats, published, lake_root=store.root, preview=preview,
-            extra={"rows_by_group_type": dg.MetadataValue.json(dict(per_type))},
+            extra={
+                "rows_by_group_type": dg.MetadataValue.json(dict(per_type)),
+                "duplicates_dropped": writer.duplicates_dropped,
+            },
         )
     )
 

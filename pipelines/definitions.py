@@ -60,6 +60,7 @@ defs = dg.Definitions(
             personal_api_key=_env("POSTHOG_PERSONAL_API_KEY", ""),
             requests_per_minute=_env("POSTHOG_REQUESTS_PER_MINUTE", "480"),
             requests_per_hour=_env("POSTHOG_REQUESTS_PER_HOUR", "4800"),
+            rate_limit_windows=_env("POSTHOG_RATE_LIMIT_WINDOWS", ""),
             state_dir=_env("LAKE_ROOT", "data/lake"),
         ),
         "lake": LakeResource(

@@ -73,8 +73,18 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,63}")
 _GLOB_CHARS = re.compile(r"([*?\[])")
 
 
-class LakeError(Exception):
-    """The lake or the warehouse cannot do what was asked."""
+class LakeError(dg.Failure):
+    """The lake or the warehouse cannot do what was asked.
+
+    A ``dg.Failure``, so a run shows the message itself (e.g. an unwritable LAKE_ROOT) as the
+    step failure's headline instead of a traceback.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(description=message)
+
+    def __reduce__(self):
+        return (type(self), (self.description,))
 
 
 class LakeBusyError(LakeError):
@@ -228,6 +238,7 @@ class SnapshotWriter:
         self.synced_at = synced_at
         self.rows_written = 0
         self.bytes_written = 0
+        self.duplicates_dropped = 0
         self._lake = lake
         self._schema = spec.full_schema
         self._data_schema = pa.schema([f for f in self._schema if f.name != SYNCED_AT])
@@ -299,11 +310,57 @@ class SnapshotWriter:
         if not self.files:
             self._open_part()
         self._close_part()
+        if self.spec.unique_key and self.spec.mode == "replace" and self.rows_written:
+            self._dedupe()
         for name in self.files:
             with open(self.staging_dir / name, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(self.staging_dir)
         self._state = "closed"
+
+    def _dedupe(self) -> None:
+        """Keep one row per unique key (the last one written), out of core in DuckDB.
+
+        A listing can serve a row twice (e.g. a group created mid-crawl); counting distinct keys
+        over the staged files is cheap, and the files are rewritten only when there are dupes.
+        """
+        key = ", ".join(_quote(k) for k in self.spec.unique_key)
+        files = "[" + ", ".join(_parquet_literal(self.staging_dir / n) for n in self.files) + "]"
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET temp_directory = {_literal(str(self.staging_dir / '.spill'))}")
+            con.execute("SET memory_limit = '256MB'")
+            total, distinct = con.execute(
+                f"SELECT count(*), count(DISTINCT ({key})) FROM read_parquet({files})"
+            ).fetchone()
+            self.duplicates_dropped = total - distinct
+            if total == distinct:
+                return
+            columns = ", ".join(_quote(f.name) for f in self._schema)
+            reader = con.execute(
+                f"SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
+                "ORDER BY filename DESC, file_row_number DESC) AS rn__ "
+                f"FROM read_parquet({files}, filename = true, file_row_number = true)) "
+                "WHERE rn__ = 1"
+            ).to_arrow_reader(self._lake.batch_rows)
+            old_files, self.files = self.files, []
+            self.rows_written = 0
+            self.bytes_written = 0
+            for name in old_files:
+                os.replace(self.staging_dir / name, self.staging_dir / f"{name}.dup")
+            for batch in reader:
+                self._write(pa.RecordBatch.from_arrays(
+                    [batch.column(i).cast(f.type) for i, f in enumerate(self._schema)],
+                    schema=self._schema,
+                ))
+            if not self.files:
+                self._open_part()
+            self._close_part()
+            for name in old_files:
+                (self.staging_dir / f"{name}.dup").unlink()
+        finally:
+            con.close()
+            shutil.rmtree(self.staging_dir / ".spill", ignore_errors=True)
 
     def abort(self) -> None:
         """Drop everything written; a published snapshot is never touched."""

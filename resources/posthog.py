@@ -59,6 +59,14 @@ class PostHogResource(dg.ConfigurableResource):
             "(POSTHOG_REQUESTS_PER_HOUR; PostHog allows 4800; '0' = unlimited)."
         ),
     )
+    rate_limit_windows: str = Field(
+        default="",
+        description=(
+            "Advanced (POSTHOG_RATE_LIMIT_WINDOWS): explicit budget windows as count/seconds "
+            "pairs, e.g. '60/10,240/60'; when set it replaces the per-minute/per-hour budget. "
+            "For PostHog instances with other limits, and for scaled-down test windows."
+        ),
+    )
     state_dir: str = Field(
         default="data/lake",
         description="Lake root; the shared request budget is <state_dir>/_state/budget.sqlite.",
@@ -97,8 +105,13 @@ class PostHogResource(dg.ConfigurableResource):
         origin = normalize_host(self.host)
         project_id = validate_project_id(self.project_id)
         api_key = validate_api_key(self.personal_api_key)
-        per_minute = _parse_rate(self.requests_per_minute, "POSTHOG_REQUESTS_PER_MINUTE")
-        per_hour = _parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR")
+        if self.rate_limit_windows.strip():
+            windows = _parse_windows(self.rate_limit_windows)
+        else:
+            windows = [
+                (_parse_rate(self.requests_per_minute, "POSTHOG_REQUESTS_PER_MINUTE"), 60.0),
+                (_parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR"), 3600.0),
+            ]
         if not self.request_timeout > 0:
             raise PostHogConfigError("request_timeout must be a positive number of seconds.")
         if self.request_max_retries < 0:
@@ -110,7 +123,7 @@ class PostHogResource(dg.ConfigurableResource):
         budget = RequestBudget(
             Path(self.state_dir) / BUDGET_RELPATH,
             budget_bucket(origin, api_key),
-            [(per_minute, 60.0), (per_hour, 3600.0)],
+            windows,
         )
         return PostHogClient(
             host=origin,
@@ -136,3 +149,16 @@ def _parse_rate(value: str, env_var: str) -> int:
             "unlimited)."
         )
     return int(text)
+
+
+def _parse_windows(value: str) -> list[tuple[int, float]]:
+    windows = []
+    for part in value.split(","):
+        match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+(?:\.[0-9]+)?)\s*", part)
+        if not match or float(match.group(2)) <= 0:
+            raise PostHogConfigError(
+                f"POSTHOG_RATE_LIMIT_WINDOWS={value!r} is not a list of count/seconds pairs; "
+                "use e.g. 480/60,4800/3600."
+            )
+        windows.append((int(match.group(1)), float(match.group(2))))
+    return windows

@@ -278,3 +278,17 @@ def test_dagster_cli_full_sync_and_sql_command(sim_env):
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "groups" in status.stdout and "Last sync per asset" in status.stdout
+
+
+def test_rate_limited_sync_stays_inside_the_budget_with_no_429(tmp_path):
+    """Scaled windows (30 per 3 s, 80 per 12 s): the whole sync gets no 429 and is exact."""
+    with start_sim(tmp_path, groups_per_type=(2500, 1200), n_exports=12,
+                   rate_limits=((30, 3.0), (80, 12.0))) as env:
+        result = env.sync(rate_limit_windows="30/3,80/12")
+        assert result.success
+        assert env.sim.stats()["throttled_429"] == 0
+        assert not [r for r in env.sim.request_log if r.status == 429]
+        meta = result.asset_materializations_for_node("posthog_groups")[0].metadata
+        assert meta["throttled_429s"].value == 0
+        assert meta["seconds_waiting_for_rate_budget"].value > 0
+        assert len(landed_groups(env)) == 3700

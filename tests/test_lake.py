@@ -589,3 +589,35 @@ def _hold_read_only(db: str, ready, done) -> None:
     ready.set()
     done.wait(30)
     con.close()
+
+
+KEYED = TableSpec(
+    name="keyed",
+    schema=pa.schema([("kind", pa.int64()), ("key", pa.string()), ("value", pa.string())]),
+    unique_key=("kind", "key"),
+)
+
+
+def test_lake_unique_key_keeps_the_last_row_written_per_key(tmp_path):
+    lake = make_lake(tmp_path, batch_rows=3, rows_per_file=4)
+    rows = [{"kind": i % 2, "key": f"k{i}", "value": "first"} for i in range(10)]
+    rows += [{"kind": 0, "key": "k2", "value": "second"}, {"kind": 1, "key": "k9", "value": "x"}]
+    rows += [{"kind": 1, "key": "k2", "value": "other kind, same key"}]
+    with lake.writer(KEYED, synced_at=T0) as w:
+        w.write_rows(rows)
+    published = lake.publish([w])[0]
+    assert w.duplicates_dropped == 2 and published.rows == 11
+    landed = dict(((k, key), v) for k, key, v in query(lake, "SELECT * EXCLUDE synced_at FROM posthog.keyed"))
+    assert landed[(0, "k2")] == "second" and landed[(1, "k9")] == "x"
+    assert landed[(1, "k2")] == "other kind, same key" and len(landed) == 11
+    assert query(lake, "SELECT DISTINCT synced_at FROM posthog.keyed") == [(T0,)]
+    staged = list((lake.root / "posthog" / "keyed").rglob("*.dup"))
+    assert staged == []
+
+
+def test_lake_unique_key_without_duplicates_leaves_files_alone(tmp_path):
+    lake = make_lake(tmp_path, rows_per_file=4)
+    with lake.writer(KEYED, synced_at=T0) as w:
+        w.write_rows({"kind": 0, "key": f"k{i}", "value": "v"} for i in range(10))
+    published = lake.publish([w])[0]
+    assert w.duplicates_dropped == 0 and published.rows == 10 and len(published.files) == 3
