@@ -102,6 +102,7 @@ def test_resource_fields_have_descriptions() -> None:
         "personal_api_key",
         "requests_per_minute",
         "requests_per_hour",
+        "rate_limit_windows",
         "state_dir",
         "request_timeout",
         "request_max_retries",
@@ -151,3 +152,14 @@ def test_resource_with_env_var_in_a_run_keeps_key_out_of_events(
     logged = capfd.readouterr().err  # Dagster's console logger
     assert "deprecated" in logged and "retry 1/8" in logged
     assert KEY not in logged
+
+
+def test_resource_rate_limit_windows_override_and_bad_value_names_env_var() -> None:
+    resource = PostHogResource(host="http://127.0.0.1:9", project_id="1",
+                               personal_api_key="phx_windows_test", rate_limit_windows="60/10, 240/60")
+    with resource.get_client() as client:
+        assert client._budget.limits == ((60, 10.0), (240, 60.0))
+    bad = PostHogResource(host="http://127.0.0.1:9", project_id="1",
+                          personal_api_key="phx_windows_test", rate_limit_windows="60 per 10")
+    with pytest.raises(PostHogConfigError, match="POSTHOG_RATE_LIMIT_WINDOWS"):
+        bad.get_client()
