@@ -60,6 +60,9 @@ class RequestedExportsConfig(SyncConfig):
     wait_timeout_seconds: float = Field(
         default=1800.0, description="How long to wait for one export to get content or fail."
     )
+    poll_interval_seconds: float = Field(
+        default=5.0, description="Seconds between polls of an export that is still rendering."
+    )
 
 
 class ContentsConfig(SyncConfig):
@@ -93,7 +96,8 @@ def posthog_requested_exports(
             )
             if not created.get("has_content") and not created.get("exception"):
                 created = client.wait_for_export(
-                    created["id"], timeout=config.wait_timeout_seconds
+                    created["id"], poll_interval=config.poll_interval_seconds,
+                    timeout=config.wait_timeout_seconds,
                 )
             state = "ready" if created.get("has_content") else "failed"
             context.log.info("export %s (%s): %s", created.get("id"), request.export_format, state)

@@ -292,3 +292,47 @@ def test_rate_limited_sync_stays_inside_the_budget_with_no_429(tmp_path):
         assert meta["throttled_429s"].value == 0
         assert meta["seconds_waiting_for_rate_budget"].value > 0
         assert len(landed_groups(env)) == 3700
+
+
+def test_requested_exports_are_created_waited_on_and_archived(sim_env):
+    """POST exports/ for the configured list, poll until content or exception, then archive."""
+    requests = [
+        {"export_format": "text/csv",
+         "export_context": {"source": {"kind": "HogQLQuery", "query": "select 1"}}},
+        {"export_format": "image/png", "insight": next(iter(sim_env.sim.dataset.insights()))},
+        {"export_format": "video/webm",
+         "export_context": {"session_recording_id": "0190-abc", "timestamp": 1, "duration": 5}},
+        {"export_format": "text/csv",
+         "export_context": {"source": {"kind": "HogQLQuery", "query": "select throwError('x')"}}},
+    ]
+    config = {"ops": {"posthog_requested_exports": {"config": {
+        "requests": requests, "poll_interval_seconds": 0.05}}}}
+    result = sim_env.sync(select=["posthog_requested_exports", "posthog_exports",
+                                  "posthog_export_contents"], run_config=config)
+    assert result.success
+    meta = result.asset_materializations_for_node("posthog_requested_exports")[0].metadata
+    assert meta["exports_requested"].value == 4 and meta["exports_failed"].value == 1
+    posts = [r for r in sim_env.sim.request_log if r.method == "POST"]
+    assert len(posts) == 4
+    created = sim_env.query(
+        "SELECT e.id, e.export_format, a.state FROM posthog.exports e "
+        "JOIN posthog.export_archive a ON a.export_id = e.id ORDER BY e.id DESC LIMIT 4"
+    )
+    states = sorted((fmt, state) for _, fmt, state in created)
+    assert states == sorted([("text/csv", "archived"), ("image/png", "archived"),
+                             ("video/webm", "archived"), ("text/csv", "failed")])
+    for export_id, sha256, stored_path in sim_env.query(
+            "SELECT export_id, sha256, stored_path FROM posthog.export_contents"):
+        data = (sim_env.lake_root / stored_path).read_bytes()
+        assert data == sim_env.sim.dataset.export_content(export_id)
+
+
+def test_legacy_property_definitions_endpoint_is_used_when_the_new_one_is_missing(tmp_path):
+    with start_sim(tmp_path, groups_per_type=(120, 40), n_exports=0,
+                   property_definitions="legacy") as env:
+        assert env.sync(select=["posthog_group_types",
+                                "posthog_group_property_definitions"]).success
+        landed = env.query("SELECT group_type_index, name FROM posthog.group_property_definitions")
+        legacy = env.sim.dataset.legacy_property_definitions()
+        assert sorted(landed) == sorted((int(i), d["name"]) for i, defs in legacy.items()
+                                        for d in defs)

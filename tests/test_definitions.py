@@ -1,0 +1,87 @@
+"""The code location: what the UI shows (assets, checks, jobs, schedules, sensor) and how
+schedules and the sensor behave."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+
+import pipelines.sensors as sensors
+from pipelines.definitions import defs
+from resources.lake import LakeResource
+
+CONTRACT_ASSETS = {
+    "posthog_group_types",
+    "posthog_groups",
+    "posthog_group_property_definitions",
+    "posthog_group_property_values",
+    "posthog_exports",
+    "posthog_export_contents",
+    "posthog_explicit_members",
+    "posthog_requested_exports",
+}
+
+
+def test_definitions_load_with_every_asset_check_job_schedule_and_sensor():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == CONTRACT_ASSETS
+    assert {c.name for c in graph.asset_check_keys} == {
+        "posthog_groups_unique_key",
+        "posthog_export_contents_sha256",
+        "posthog_exports_expiring_unarchived",
+    }
+    for name in ("posthog_sync_job", "posthog_groups_job", "posthog_exports_job",
+                 "posthog_requested_exports_job", "delete_explicit_members_job"):
+        assert defs.resolve_job_def(name)
+    for asset in defs.assets:
+        spec = next(iter(asset.specs))
+        assert spec.group_name == "posthog" and "Endpoint:" in (spec.description or "")
+
+
+def test_schedules_run_exports_hourly_and_groups_daily_and_start_stopped():
+    exports = defs.resolve_schedule_def("posthog_exports_hourly")
+    groups = defs.resolve_schedule_def("posthog_groups_daily")
+    assert exports.cron_schedule == "17 * * * *" and exports.job_name == "posthog_exports_job"
+    assert groups.cron_schedule == "0 3 * * *" and groups.job_name == "posthog_groups_job"
+    assert exports.default_status == dg.DefaultScheduleStatus.STOPPED
+    # the guarded delete job is never scheduled
+    scheduled = {s.job_name for s in defs.schedules}
+    assert "delete_explicit_members_job" not in scheduled
+
+
+def test_sensor_skips_on_an_empty_lake(tmp_path):
+    lake = LakeResource(lake_root=str(tmp_path / "lake"), duckdb_database=str(tmp_path / "w.db"))
+    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(),
+                                      resources={"lake": lake})
+    result = sensors.posthog_expiring_exports_sensor(context)
+    assert isinstance(result, dg.SkipReason)
+
+
+def test_sensor_requests_a_run_for_exports_expiring_unarchived(sim_env, monkeypatch):
+    # only metadata synced: exports with content exist, none archived yet
+    assert sim_env.sync(select=["posthog_exports"]).success
+    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(),
+                                      resources={"lake": sim_env.resources()["lake"]})
+    monkeypatch.setattr(sensors, "EXPIRY_HORIZON", timedelta(days=8))
+    result = sensors.posthog_expiring_exports_sensor(context)
+    assert isinstance(result, dg.SensorResult) and len(result.run_requests) == 1
+    # once archived, nothing is left to rescue
+    assert sim_env.sync(select=["posthog_export_contents"]).success
+    assert isinstance(sensors.posthog_expiring_exports_sensor(context), dg.SkipReason)
+
+
+@pytest.mark.parametrize("fmt", ["text/csv", "application/vnd.ms-excel"])
+def test_requested_export_format_is_validated_before_any_request(sim_env, fmt):
+    config = {"ops": {"posthog_requested_exports": {"config": {
+        "requests": [{"export_format": fmt,
+                      "insight": next(iter(sim_env.sim.dataset.insights()))}]}}}}
+    result = sim_env.sync(select=["posthog_requested_exports"], run_config=config,
+                          raise_on_error=False)
+    if fmt == "text/csv":
+        assert result.success
+    else:
+        assert not result.success
+        assert not [r for r in sim_env.sim.request_log if r.method == "POST"]
