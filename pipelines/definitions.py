@@ -29,6 +29,14 @@ from resources.lake import LakeResource
 from resources.posthog import PostHogResource
 
 
+# Each step still runs in its own process (so steps overlap and a crash is contained), but the
+# processes fork from a server that has already imported Dagster and this code location: a step
+# starts in milliseconds instead of re-importing everything (about 3x faster for a full sync).
+EXECUTOR = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}}
+)
+
+
 def _env(name: str, default: str) -> str | dg.EnvVar:
     """`EnvVar(name)` when the variable is set (resolved at run time), else the default."""
     return dg.EnvVar(name) if os.environ.get(name) not in (None, "") else default
@@ -51,6 +59,7 @@ defs = dg.Definitions(
         posthog_exports_expiring_unarchived,
     ],
     jobs=ALL_JOBS,
+    executor=EXECUTOR,
     schedules=ALL_SCHEDULES,
     sensors=ALL_SENSORS,
     resources={
