@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import dagster as dg
+
 __all__ = [
     "PostHogAPIError",
     "PostHogConfigError",
@@ -17,8 +19,18 @@ __all__ = [
 _SCOPE_RE = re.compile(r"missing required scope '([^']+)'")
 
 
-class PostHogError(Exception):
-    """Base class for every error raised by the PostHog client and resource."""
+class PostHogError(dg.Failure):
+    """Base class for every error raised by the PostHog client and resource.
+
+    A ``dg.Failure``, so a run that hits one shows its message as the step failure's headline
+    (in the UI's run log and the CLI), not "Error occurred while executing op" over a traceback.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(description=message)
+
+    def __reduce__(self):
+        return (type(self), (self.description,))
 
 
 class PostHogConfigError(PostHogError):

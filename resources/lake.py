@@ -714,8 +714,46 @@ class Lake:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.25)
 
+    def _writer_turn_path(self) -> Path:
+        return self.root / "_state" / "locks" / ".warehouse-writer.lock"
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Writer priority on the DuckDB file: while held, new readers wait (see _await_writer).
+
+        DuckDB lets one process write and refuses the file to everyone else meanwhile, and
+        readers that keep the file open back to back would otherwise starve a publish.
+        """
+        self._locks_dir()
+        lock = filelock.FileLock(self._writer_turn_path(), timeout=PUBLISH_LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LakeBusyError(f"another process is writing {self.warehouse}") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _await_writer(self) -> None:
+        """A reader lets a waiting or active warehouse writer go first (bounded wait)."""
+        path = self._writer_turn_path()
+        if not path.exists():
+            return
+        lock = filelock.FileLock(path, timeout=DUCKDB_LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except (filelock.Timeout, OSError):
+            return  # a read-only LAKE_ROOT, or a stuck writer: DuckDB's own lock decides
+        lock.release()
+
     def _commit_views(self, tables: set[str], log_rows: list[tuple], *, heal: bool) -> None:
         """Recreate views for ``tables`` (and any view that drifted from its pointer) at once."""
+        with self._writer_turn():
+            self._commit_views_locked(tables, log_rows, heal=heal)
+
+    def _commit_views_locked(self, tables: set[str], log_rows: list[tuple], *, heal: bool
+                             ) -> None:
         pointers = self._read_all_pointers()
         con = self._connect()
         try:
@@ -881,6 +919,7 @@ class Lake:
         """(column names, rows, truncated) of one read-only statement; at most ``max_rows``."""
         if not self.warehouse.exists():
             raise LakeError(f"DUCKDB_DATABASE {self.warehouse} does not exist: run a sync first")
+        self._await_writer()
         con = self._connect(read_only=True)
         try:
             cursor = con.execute(sql, params) if params is not None else con.execute(sql)
@@ -1089,10 +1128,10 @@ def _check_duckdb_file(path: Path) -> None:
             # A live writer proves it is a DuckDB file; publish retries the lock itself.
             return
         if "not a valid DuckDB database" in str(e):
-            raise LakeError(f"DUCKDB_DATABASE {path} is not a DuckDB database") from e
-        raise LakeError(f"DUCKDB_DATABASE {path} cannot be opened: {e}") from e
+            raise LakeError(f"DUCKDB_DATABASE {path} is not a DuckDB database") from None
+        raise LakeError(f"DUCKDB_DATABASE {path} cannot be opened: {e}") from None
     except duckdb.Error as e:
-        raise LakeError(f"DUCKDB_DATABASE {path} cannot be opened: {e}") from e
+        raise LakeError(f"DUCKDB_DATABASE {path} cannot be opened: {e}") from None
     con.close()
 
 
@@ -1118,7 +1157,7 @@ class LakeResource(dg.ConfigurableResource):
         except OSError as e:
             raise LakeError(
                 f"LAKE_ROOT {str(root)!r} is not a writable directory: {e.strerror or e}"
-            ) from e
+            ) from None
         database = Path(self.duckdb_database).expanduser()
         try:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -1127,7 +1166,7 @@ class LakeResource(dg.ConfigurableResource):
             raise LakeError(
                 f"DUCKDB_DATABASE {str(database)!r}: its directory is not writable: "
                 f"{e.strerror or e}"
-            ) from e
+            ) from None
         if database.exists():
             _check_duckdb_file(database)
         return Lake(root, database, history_snapshots=self.history_snapshots)

@@ -1,0 +1,353 @@
+"""The reliability scenarios: faults, random faults at scale, crashes, concurrency.
+
+Each scenario returns a `Result` row for the suite's table. Syncs run against the simulator over
+real HTTP through real Dagster runs: in-process (`dg.materialize`) where the point is volume,
+and as users run them (`dagster asset materialize ...` in a subprocess) where the point is a
+process dying or two processes racing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from posthog_sim import ALL_FAULT_KINDS, FaultSpec
+from reliability.verify import Counts, find_secret, verify_exact, verify_snapshots
+from tests.helpers import SimEnv, failure_text, start_sim
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# endpoint name -> (path regex, server) for scripted faults
+ENDPOINTS: dict[str, tuple[str | None, str]] = {
+    "groups_types": (r"/groups_types/$", "api"),
+    "groups": (r"/projects/\d+/groups/$", "api"),
+    "property_definitions": (r"/property_definitions/$", "api"),
+    "property_values": (r"/groups/property_values/$", "api"),
+    "exports": (r"/exports/$", "api"),
+    "export_retrieve": (r"/exports/\d+/$", "api"),
+    "export_content": (r"/exports/\d+/content/$", "api"),
+    "storage": (None, "storage"),
+}
+# A well-formed but wrong 200 body is undetectable on a binary download (S3 sends no checksum
+# PostHog exposes), so `bad_json` is a JSON-endpoint fault only (as in the simulator's random mode).
+UNDETECTABLE = {("bad_json", "export_content"), ("bad_json", "storage")}
+
+
+@dataclass
+class Result:
+    scenario: str
+    trials: int = 0
+    passed: int = 0
+    rows: int = 0
+    files: int = 0
+    faults: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def row(self) -> list[Any]:
+        return [self.scenario, self.trials, self.passed, f"{self.rows:,}", f"{self.files:,}",
+                f"{self.faults:,}", f"{self.seconds:,.0f}s"]
+
+
+def _trial(result: Result, fn: Callable[[], tuple[Counts, int]], label: str) -> None:
+    result.trials += 1
+    try:
+        counts, faults = fn()
+    except Exception as exc:  # noqa: BLE001 - a failed trial is reported, the suite goes on
+        result.notes.append(f"{label}: {type(exc).__name__}: {str(exc)[:400]}")
+        print(f"  FAIL {label}: {exc}", flush=True)
+        return
+    result.passed += 1
+    result.rows += counts.rows
+    result.files += counts.files
+    result.faults += faults
+    print(f"  ok   {label}: {counts.rows:,} rows, {counts.files} files, {faults} faults",
+          flush=True)
+
+
+def _exact(env: SimEnv) -> Counts:
+    return verify_exact(env.sim, env.lake_root, env.database)
+
+
+# ------------------------------------------------------------------ fault matrix
+
+def fault_matrix(tmp: Path) -> Result:
+    """Every fault class on every endpoint (2 hits each): the sync retries and lands exactly."""
+    result = Result("fault matrix (kind x endpoint)")
+    start = time.monotonic()
+    for kind in ALL_FAULT_KINDS:
+        for name, (regex, server) in ENDPOINTS.items():
+            if (kind, name) in UNDETECTABLE:
+                continue
+
+            def run(kind=kind, regex=regex, server=server) -> tuple[Counts, int]:
+                with start_sim(Path(tempfile.mkdtemp(dir=tmp)), groups_per_type=(250, 120),
+                               n_exports=14, faults=FaultSpec(rate=0.0, slow_seconds=1.6)) as env:
+                    env.sim.inject(kind, regex, times=2, server=server)
+                    res = env.sync(raise_on_error=False, request_timeout=1.0)
+                    assert res.success, failure_text(res)[:600]
+                    if kind == "slow":
+                        time.sleep(1.8)  # a timed-out slow response is logged when it ends
+                    faults = env.sim.stats()["faults_total"]
+                    assert faults >= 1, "the fault was never served"
+                    return _exact(env), faults
+            _trial(result, run, f"{kind} on {name}")
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def persistent_faults(tmp: Path) -> Result:
+    """A fault that outlasts the retries fails the run naming the endpoint and the cause, and
+    the previous snapshot stays readable and exact."""
+    result = Result("persistent fault -> clean failure")
+    start = time.monotonic()
+    assets = {
+        "groups_types": ["posthog_group_types"], "groups": ["posthog_groups"],
+        "property_definitions": ["posthog_group_property_definitions"],
+        "property_values": ["posthog_group_property_values"], "exports": ["posthog_exports"],
+        "export_content": ["posthog_export_contents"], "storage": ["posthog_export_contents"],
+    }
+    for kind in ("503", "429_html", "reset_during", "truncate", "slow"):
+        for name, select in assets.items():
+            regex, server = ENDPOINTS[name]
+
+            def run(kind=kind, name=name, select=select, regex=regex, server=server):
+                with start_sim(Path(tempfile.mkdtemp(dir=tmp)), groups_per_type=(250, 120),
+                               n_exports=14, faults=FaultSpec(rate=0.0, slow_seconds=1.6)) as env:
+                    assert env.sync().success
+                    before = _exact(env)
+                    if name in ("export_content", "storage"):
+                        # something new to download: a fresh CSV export
+                        env.sim.dataset.create_export(1, "text/csv", None, None, {
+                            "source": {"kind": "HogQLQuery", "query": "select 1"}})
+                        assert env.sync(select=["posthog_exports"]).success
+                    env.sim.inject(kind, regex, times=10_000, server=server)
+                    res = env.sync(select=select, raise_on_error=False, request_timeout=1.0,
+                                   request_max_retries=2)
+                    assert not res.success, "the run succeeded under a persistent fault"
+                    text = failure_text(res)
+                    where = "exports/" if name in ("export_content", "storage") else \
+                        regex.strip("$").split("/")[-2] + "/"
+                    assert where in text, f"failure does not name the endpoint: {text[:400]}"
+                    assert "attempt" in text or "failed" in text, text[:400]
+                    assert env.sim.api_key not in text
+                    env.sim.clear_faults()
+                    if name not in ("export_content", "storage"):
+                        after = _exact(env)  # the previous snapshot is still there and exact
+                    else:
+                        after = before
+                    return after, env.sim.stats()["faults_total"]
+            _trial(result, run, f"{kind} forever on {name}")
+    result.seconds = time.monotonic() - start
+    return result
+
+
+# ------------------------------------------------------------------ random faults at scale
+
+def random_faults(tmp: Path, *, runs: int = 20, groups: tuple[int, ...] = (30000, 15000, 5000),
+                  exports: int = 300, rate: float = 0.03) -> Result:
+    result = Result(f"random faults, {sum(groups) // 1000}k groups + {exports} exports")
+    start = time.monotonic()
+    for seed in range(1, runs + 1):
+        def run(seed=seed) -> tuple[Counts, int]:
+            d = Path(tempfile.mkdtemp(dir=tmp))
+            try:
+                faults = FaultSpec(seed=seed, rate=rate, slow_seconds=0.3)
+                with start_sim(d, groups_per_type=groups, n_exports=exports, seed=seed,
+                               faults=faults) as env:
+                    res = env.sync(raise_on_error=False)
+                    assert res.success, failure_text(res)[:600]
+                    counts = _exact(env)
+                    return counts, env.sim.stats()["faults_total"]
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+        _trial(result, run, f"seed {seed}")
+    result.seconds = time.monotonic() - start
+    return result
+
+
+# ------------------------------------------------------------------ subprocess syncs
+
+def cli_env(env: SimEnv, home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "POSTHOG_HOST": env.sim.api_url,
+        "POSTHOG_PROJECT_ID": str(env.sim.project_id),
+        "POSTHOG_PERSONAL_API_KEY": env.sim.api_key,
+        "LAKE_ROOT": str(env.lake_root),
+        "DUCKDB_DATABASE": str(env.database),
+        "DAGSTER_HOME": str(home),
+        "POSTHOG_REQUESTS_PER_MINUTE": "0",
+        "POSTHOG_REQUESTS_PER_HOUR": "0",
+    }
+
+
+def start_cli_sync(environ: dict[str, str], log: Path) -> subprocess.Popen:
+    out = open(log, "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "pipelines.definitions",
+         "--select", "*"],
+        env=environ, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def run_cli_sync(environ: dict[str, str], log: Path, timeout: float = 600) -> int:
+    proc = start_cli_sync(environ, log)
+    return proc.wait(timeout=timeout)
+
+
+def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
+    """SIGKILL the whole `dagster asset materialize` process group during paging, downloads and
+    the warehouse switch; after each kill the warehouse opens and shows one complete snapshot
+    per table, and the next sync completes exactly."""
+    result = Result("SIGKILL mid-sync (paging/downloads/switch)")
+    start = time.monotonic()
+    rng = random.Random(seed)
+    d = Path(tempfile.mkdtemp(dir=tmp))
+    with start_sim(d, groups_per_type=(20000, 8000, 2000), n_exports=60, seed=seed) as env:
+        environ = cli_env(env, d / "dagster_home")
+        log = d / "sync.log"
+        assert run_cli_sync(environ, log) == 0, log.read_text()[-3000:]
+        verify_exact(env.sim, env.lake_root, env.database)
+        moments = ["paging", "downloads", "switch"]
+        for n in range(trials):
+            moment = moments[n % 3]
+
+            def run(moment=moment, n=n) -> tuple[Counts, int]:
+                ds = env.sim.dataset
+                old = sum(ds.group_count(t["group_type_index"]) for t in ds.group_types())
+                ds.insert_group(0, f"crash-trial-{n}", {"trial": n})
+                if moment == "downloads":
+                    for _ in range(25):
+                        ds.create_export(1, "text/csv", None, None, {
+                            "source": {"kind": "HogQLQuery", "query": f"select {n}"}})
+                env.sim.clear_log()
+                current = env.lake_root / "posthog" / "_current"
+                table = rng.choice(["groups.json", "exports.json", "export_contents.json"])
+                before = (current / table).stat().st_mtime_ns
+                pages = rng.randint(5, 250)
+                downloads = rng.randint(1, 20)
+
+                def due() -> bool:
+                    log_ = env.sim.request_log
+                    if moment == "paging":
+                        return sum(1 for r in log_ if r.path.endswith("/groups/")
+                                   and r.status == 200) >= pages
+                    if moment == "downloads":
+                        return sum(1 for r in log_ if r.server == "storage") >= downloads
+                    try:
+                        return (current / table).stat().st_mtime_ns != before
+                    except FileNotFoundError:
+                        return False
+
+                proc = start_cli_sync(environ, log)
+                deadline = time.monotonic() + 300
+                while not due():
+                    if proc.poll() is not None:
+                        raise AssertionError(f"the sync ended before the {moment} moment")
+                    if time.monotonic() > deadline:
+                        raise AssertionError("moment never came")
+                    time.sleep(0.005)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                verify_snapshots(env.lake_root, env.database,
+                                 allowed_rows={"groups": {old, old + 1}})
+                assert run_cli_sync(environ, log) == 0, log.read_text()[-3000:]
+                counts = verify_exact(env.sim, env.lake_root, env.database)
+                staging = [p for p in env.lake_root.rglob("_staging/*") if p.is_dir()]
+                assert not staging, f"staging left after the next sync: {staging[:3]}"
+                return counts, 1
+            _trial(result, run, f"trial {n + 1}: kill during {moment}")
+        leftovers = list((env.lake_root / "_tmp").glob("*")) if (env.lake_root / "_tmp").exists() \
+            else []
+        result.notes.append(f"{len(leftovers)} partial downloads in LAKE_ROOT/_tmp (never read; "
+                            "collected after 1 h)")
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def concurrency(tmp: Path) -> Result:
+    """Two full CLI syncs at the same moment; and a sync while readers query in a loop."""
+    result = Result("concurrent syncs + readers")
+    start = time.monotonic()
+    d = Path(tempfile.mkdtemp(dir=tmp))
+    with start_sim(d, groups_per_type=(20000, 6000), n_exports=40) as env:
+        environ = cli_env(env, d / "dagster_home")
+
+        def two_syncs() -> tuple[Counts, int]:
+            # Dagster creates its SQLite storage on first use, and two processes doing that at
+            # once race ("table alembic_version already exists"): initialise DAGSTER_HOME first
+            subprocess.run([str(BIN / "dagster"), "instance", "info"], env=environ, cwd=ROOT,
+                           capture_output=True, timeout=300, check=True)
+            a = start_cli_sync(environ, d / "a.log")
+            b = start_cli_sync(environ, d / "b.log")
+            ra, rb = a.wait(timeout=900), b.wait(timeout=900)
+            assert (ra, rb) == (0, 0), (d / "a.log").read_text()[-2000:] + \
+                (d / "b.log").read_text()[-2000:]
+            return verify_exact(env.sim, env.lake_root, env.database), 0
+        _trial(result, two_syncs, "two full syncs started together")
+
+        def readers() -> tuple[Counts, int]:
+            from resources.lake import LakeResource
+
+            lake = LakeResource(lake_root=str(env.lake_root),
+                                duckdb_database=str(env.database)).get_lake()
+            stop = threading.Event()
+            errors: list[str] = []
+            reads = [0, 0]
+
+            def python_reader() -> None:
+                while not stop.is_set():
+                    try:
+                        lake.query("SELECT count(*) FROM posthog.groups")
+                        reads[0] += 1
+                    except Exception as exc:  # noqa: BLE001
+                        errors.append(f"Lake.query: {exc}")
+
+            def cli_reader() -> None:
+                while not stop.is_set():
+                    p = subprocess.run(
+                        [str(BIN / "posthog-pipeline"), "sql",
+                         "SELECT count(*) AS n FROM posthog.groups"],
+                        env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
+                    if p.returncode != 0:
+                        errors.append(f"posthog-pipeline sql: {p.stderr[-300:]}")
+                    reads[1] += 1
+
+            threads = [threading.Thread(target=python_reader), threading.Thread(target=cli_reader)]
+            for t in threads:
+                t.start()
+            try:
+                env.sim.dataset.insert_group(0, "reader-trial", {"x": 1})
+                assert run_cli_sync(environ, d / "c.log") == 0, (d / "c.log").read_text()[-2000:]
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            assert not errors, errors[:3]
+            assert reads[0] > 0 and reads[1] > 0
+            result.notes.append(f"readers: {reads[0]} Lake.query + {reads[1]} CLI sql, 0 errors")
+            return verify_exact(env.sim, env.lake_root, env.database), 0
+        _trial(result, readers, "sync while readers query in a loop")
+
+        secret = find_secret(env.sim.api_key, paths=[d])
+        result.trials += 1
+        if secret:
+            result.notes.append(f"API key found in {secret[:5]}")
+        else:
+            result.passed += 1
+    result.seconds = time.monotonic() - start
+    return result
