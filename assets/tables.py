@@ -8,7 +8,7 @@ sync and is never lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,11 +19,15 @@ from resources.lake import TableSpec
 TS = pa.timestamp("us", tz="UTC")
 
 
+# One encoder for every row (json.dumps with options builds a new one per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode
+
+
 def to_json(value: Any) -> str | None:
     """Serialise a JSON value exactly (big integers, unicode) or None for JSON null."""
     if value is None:
         return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODE(value)
 
 
 def parse_ts(value: Any) -> datetime | None:
@@ -32,6 +36,13 @@ def parse_ts(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO-8601 timestamp string, got {type(value).__name__}")
+    if value[-1:] == "Z":  # the common case: fromisoformat reads "Z" as UTC (Python >= 3.11)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is UTC:
+            return parsed
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
@@ -59,7 +70,9 @@ def _bool_or_none(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _extra(obj: Mapping[str, Any], known: Iterable[str], **unparsed: Any) -> str | None:
+def _extra(obj: Mapping[str, Any], known: frozenset[str], **unparsed: Any) -> str | None:
+    if not unparsed and obj.keys() <= known:  # the common case: nothing beyond the contract
+        return None
     rest = {k: v for k, v in obj.items() if k not in known}
     rest.update({k: v for k, v in unparsed.items() if v is not None})
     return to_json(rest) if rest else None
@@ -94,7 +107,7 @@ GROUP_TYPES = TableSpec(
     json_columns=("default_columns", "extra"),
     description="One row per group type (GET /api/projects/:id/groups_types/).",
 )
-_GROUP_TYPE_FIELDS = (
+_GROUP_TYPE_FIELDS = frozenset((
     "group_type_index",
     "group_type",
     "name_singular",
@@ -102,7 +115,7 @@ _GROUP_TYPE_FIELDS = (
     "detail_dashboard",
     "default_columns",
     "created_at",
-)
+))
 
 
 def group_type_row(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,7 +153,7 @@ GROUPS = TableSpec(
     unique_key=("group_type_index", "group_key"),
     description="One row per group in the latest complete snapshot (GET .../groups/).",
 )
-_GROUP_FIELDS = ("group_type_index", "group_key", "group_properties", "created_at")
+_GROUP_FIELDS = frozenset(("group_type_index", "group_key", "group_properties", "created_at"))
 
 
 def group_row(obj: Mapping[str, Any], group_type: str | None) -> dict[str, Any]:
@@ -177,7 +190,7 @@ GROUP_PROPERTY_DEFINITIONS = TableSpec(
     unique_key=("group_type_index", "name"),
     description="One row per (group type, property name) (GET .../property_definitions/?type=group).",
 )
-_PROPDEF_FIELDS = ("name", "property_type", "is_numerical", "id")
+_PROPDEF_FIELDS = frozenset(("name", "property_type", "is_numerical", "id"))
 
 
 def property_definition_row(
@@ -211,6 +224,9 @@ GROUP_PROPERTY_VALUES = TableSpec(
 )
 
 
+_VALUE_FIELDS = frozenset(("name", "count"))
+
+
 def property_value_row(
     obj: Mapping[str, Any], group_type_index: int, group_type: str | None, key: str
 ) -> dict[str, Any]:
@@ -220,7 +236,7 @@ def property_value_row(
         "key": key,
         "value": _str_or_none(obj.get("name")),
         "count": _int_or_none(obj.get("count")),
-        "extra": _extra(obj, ("name", "count")),
+        "extra": _extra(obj, _VALUE_FIELDS),
     }
 
 
@@ -255,7 +271,7 @@ EXPORTS = TableSpec(
         "stops listing it (expired), the row stays."
     ),
 )
-_EXPORT_FIELDS = (
+_EXPORT_FIELDS = frozenset((
     "id",
     "dashboard",
     "insight",
@@ -267,7 +283,7 @@ _EXPORT_FIELDS = (
     "expires_after",
     "exception",
     "user_access_level",
-)
+))
 
 
 def export_row(obj: Mapping[str, Any], *, seen_at: datetime) -> dict[str, Any]:
@@ -364,7 +380,7 @@ EXPLICIT_MEMBERS = TableSpec(
     json_columns=("user", "extra"),
     description="Explicit project members (legacy GET .../explicit_members/; empty on current cloud).",
 )
-_MEMBER_FIELDS = (
+_MEMBER_FIELDS = frozenset((
     "id",
     "level",
     "parent_level",
@@ -373,7 +389,7 @@ _MEMBER_FIELDS = (
     "joined_at",
     "updated_at",
     "user",
-)
+))
 
 
 def explicit_member_row(obj: Mapping[str, Any]) -> dict[str, Any]:

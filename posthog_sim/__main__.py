@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import threading
 
 from .config import ALL_FAULT_KINDS, DatasetSpec, FaultSpec, SimConfig
-from .server import Simulator
+from .server import SIM_STATS_PATH, Simulator
 
 
 def _parse_rate_limit(s: str) -> tuple[tuple[int, float], ...]:
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default="phx_sim_key_0123456789")
     p.add_argument("--hostile", action="store_true")
     p.add_argument("--content-mode", choices=("redirect", "direct"), default="redirect")
+    p.add_argument("--ready-json", action="store_true",
+                   help="print one machine-readable JSON line (urls, project id, key) once serving")
+    p.add_argument("--request-log-limit", type=int, default=100_000,
+                   help="cap on RequestRecords kept in memory, oldest dropped (/_sim/stats counts all)")
     return p
 
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         storage_port=args.storage_port,
-        request_log_limit=100_000,
+        request_log_limit=max(1, args.request_log_limit),
     )
     sim = Simulator(cfg).start()
     stop = threading.Event()
@@ -74,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    if args.ready_json:
+        print("POSTHOG_SIM_READY " + json.dumps({
+            "api_url": sim.api_url, "storage_url": sim.storage_url, "project_id": sim.project_id,
+            "api_key": sim.api_key, "pid": os.getpid(), "stats_url": sim.api_url + SIM_STATS_PATH}))
     print(f"PostHog simulator API:     {sim.api_url}")
     print(f"Storage (presigned) URL:   {sim.storage_url}")
     print(f"Project id:                {sim.project_id}")

@@ -31,6 +31,8 @@ SUNSET = "Fri, 31 Jul 2026 00:00:00 GMT"
 PAGE_SIZE = 100
 EXPORT_FORMATS = (C.PNG, C.PDF, C.CSV, C.XLSX, C.WEBM, C.MP4, C.GIF, C.JSON_FMT, C.JSONL)
 _GROUPS_TYPES_CUSTOM = ("update_metadata", "create_detail_dashboard", "set_default_columns")
+# simulator-only stats endpoint (outside /api/, so it can never collide with PostHog's API)
+SIM_STATS_PATH = "/_sim/stats"
 
 
 # ====================================================================== helpers
@@ -708,6 +710,10 @@ class _Handler(BaseHTTPRequestHandler):
         ts = time.time()
         split = urlsplit(self.path)
         path, query = split.path, split.query
+        if path == SIM_STATS_PATH and kind == "api" and method == "GET":
+            # simulator-only introspection (benchmarks): never logged, counted or throttled
+            self._write_untracked(Response(200, dumps(sim.bench_stats())))
+            return
         body = self._read_body()
         auth = self.headers.get("Authorization")
         host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
@@ -739,6 +745,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(resp, head_only=(method == "HEAD"))
         finally:
             record(0, 0)
+
+    def _write_untracked(self, resp: Response) -> None:
+        self._record_cb = lambda status, sent: None
+        self._write(resp)
 
     def _head(self, status: int, headers: list[tuple[str, str]], content_type: str | None, length: int | None) -> bytes:
         phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Unknown"
@@ -881,6 +891,10 @@ class Simulator:
         self._by_status: dict[int, int] = {}
         self._faults_served: dict[str, int] = {}
         self._n429 = 0
+        self._bytes_by_server: dict[str, int] = {}
+        self._requests_by_server: dict[str, int] = {}
+        self._first_ts: dict[str, float] = {}
+        self._last_ts: dict[str, float] = {}
         self._scripted: list[list] = []  # [kind, regex, remaining, server]
         self._fault_lock = threading.Lock()
         self._fault_rng = random.Random(self.cfg.faults.seed)
@@ -970,6 +984,17 @@ class Simulator:
                     "by_status": dict(self._by_status), "throttled_429": self._n429,
                     "faults": dict(self._faults_served), "faults_total": sum(self._faults_served.values())}
 
+    def bench_stats(self) -> dict:
+        """`stats()` plus per-server request/byte counters and first/last request times (epoch s),
+        served at GET /_sim/stats for benchmarks that run the simulator as a separate process."""
+        out = self.stats()
+        with self._stats_lock:
+            out.update({"requests_by_server": dict(self._requests_by_server),
+                        "bytes_by_server": dict(self._bytes_by_server),
+                        "first_ts": dict(self._first_ts), "last_ts": dict(self._last_ts),
+                        "pid": os.getpid()})
+        return out
+
     def presign(self, export_id: int, content_type: str, disposition: str | None = None,
                 ttl: int | None = None, now: float | None = None) -> str:
         ttl = self.cfg.presign_ttl if ttl is None else ttl
@@ -1014,6 +1039,11 @@ class Simulator:
             self._by_status[rec.status] = self._by_status.get(rec.status, 0) + 1
             if rec.fault:
                 self._faults_served[rec.fault] = self._faults_served.get(rec.fault, 0) + 1
+            srv = rec.server
+            self._bytes_by_server[srv] = self._bytes_by_server.get(srv, 0) + rec.bytes_sent
+            self._requests_by_server[srv] = self._requests_by_server.get(srv, 0) + 1
+            self._first_ts.setdefault(srv, rec.ts)
+            self._last_ts[srv] = max(self._last_ts.get(srv, rec.ts), rec.ts)
 
     def _count_429(self) -> None:
         with self._stats_lock:
