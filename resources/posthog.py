@@ -20,6 +20,18 @@ from resources.posthog_client import (
 __all__ = ["PostHogResource"]
 
 BUDGET_RELPATH = Path("_state") / "budget.sqlite"
+_DEBUG_LOG = logging.getLogger("posthog_pipeline.client")
+
+
+class _RunLog(logging.LoggerAdapter):
+    """The client's logger inside a run: retries, warnings and errors reach the run log; the
+    one-line-per-request DEBUG chatter goes to Python logging only, so a million-group sync does
+    not store ten thousand events in Dagster's event log."""
+
+    def log(self, level, msg, *args, **kwargs):  # noqa: D102 - LoggerAdapter API
+        target = self.logger if level >= logging.INFO else _DEBUG_LOG
+        if target.isEnabledFor(level):
+            target.log(level, msg, *args, **kwargs)
 _CONNECT_TIMEOUT_S = 10.0
 
 
@@ -137,7 +149,7 @@ class PostHogResource(dg.ConfigurableResource):
             retry_max_delay=self.request_max_retry_delay,
             budget=budget,
             transport=transport,
-            logger=logger,
+            logger=_RunLog(logger, {}) if logger is not None else None,
         )
 
 

@@ -558,7 +558,7 @@ class PostHogClient:
         if outcome.status == 429 and self._budget is not None:
             # Every process sharing the key holds off, not just this one.
             self._budget.pause_until(self._budget.now() + delay)
-        self._log.debug(
+        self._log.info(
             "%s %s: %s; retry %d/%d in %.2fs (%s)",
             call.method,
             call.path,
