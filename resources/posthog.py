@@ -93,8 +93,12 @@ class PostHogResource(dg.ConfigurableResource):
         default=0.5, description="Base of the exponential retry backoff, in seconds."
     )
     request_max_retry_delay: float = Field(
-        default=120.0,
-        description="Cap on any single retry wait (including Retry-After), in seconds.",
+        default=3600.0,
+        description=(
+            "Cap on any single retry wait, in seconds. High by default so a 429's Retry-After "
+            "(up to an hour for PostHog's hourly window) is obeyed, not cut short; exponential "
+            "backoff stays far below it (0.5 s doubling over 8 retries)."
+        ),
     )
 
     def get_client(

@@ -209,7 +209,7 @@ class PostHogClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 8,
         retry_base_delay: float = 0.5,
-        retry_max_delay: float = 120.0,
+        retry_max_delay: float = 3600.0,
         budget: RequestBudget | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,

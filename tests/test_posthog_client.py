@@ -1200,3 +1200,22 @@ def test_url_parts_never_carry_the_key(api: Api, make_client: Callable[..., Post
     make_client().list_group_types()
     url = str(api.requests[0].url)
     assert KEY not in url and "personal_api_key" not in urlsplit(url).query
+
+
+def test_client_obeys_a_long_retry_after_from_the_hourly_window():
+    """A sustained-window 429 can ask for most of an hour; the default client waits that long."""
+    delays: list[float] = []
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(429, headers={"Retry-After": "1800"}, json={
+                "type": "throttled_error", "code": "throttled",
+                "detail": "Request was throttled. Expected available in 1800 seconds.", "attr": None})
+        return httpx.Response(200, json=[])
+
+    client = PostHogClient(host="https://us.posthog.com", project_id="1", api_key="phx_long_wait",
+                           transport=httpx.MockTransport(handler), sleep=delays.append)
+    assert client.list_group_types() == []
+    assert delays == [1800.0]
