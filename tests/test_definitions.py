@@ -85,3 +85,23 @@ def test_requested_export_format_is_validated_before_any_request(sim_env, fmt):
     else:
         assert not result.success
         assert not [r for r in sim_env.sim.request_log if r.method == "POST"]
+
+
+def test_requested_exports_schedule_reads_its_yaml_file(tmp_path, monkeypatch):
+    schedule = defs.resolve_schedule_def("posthog_requested_exports_daily")
+    monkeypatch.delenv("POSTHOG_EXPORT_REQUESTS_FILE", raising=False)
+    skipped = schedule.evaluate_tick(dg.build_schedule_context())
+    assert skipped.skip_message and "POSTHOG_EXPORT_REQUESTS_FILE" in skipped.skip_message
+    monkeypatch.setenv("POSTHOG_EXPORT_REQUESTS_FILE", "export_requests.example.yaml")
+    tick = schedule.evaluate_tick(dg.build_schedule_context())
+    [run] = tick.run_requests
+    requests = run.run_config["ops"]["posthog_requested_exports"]["config"]["requests"]
+    assert [r["export_format"] for r in requests] == [
+        "text/csv", "image/png",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("just a string")
+    monkeypatch.setenv("POSTHOG_EXPORT_REQUESTS_FILE", str(bad))
+    with pytest.raises(dg.DagsterError) as raised:
+        schedule.evaluate_tick(dg.build_schedule_context())
+    assert "expected a list of requests" in str(raised.value.__cause__)
