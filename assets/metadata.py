@@ -57,14 +57,39 @@ def sync_metadata(
     }
     if isinstance(meta["rows"], dict):
         meta["rows"] = dg.MetadataValue.json(meta["rows"])
-    if first and first.files and lake_root is not None:
-        # the directory of the snapshot just written: where the Parquet dataset lives
-        newest = first.new_files[-1] if first.new_files else first.files[-1]
-        meta["dagster/uri"] = dg.MetadataValue.path(str((lake_root / newest).parent))
+    if lake_root is not None:
+        # where each Parquet dataset just written lives: `dagster/uri` for the asset's main
+        # table, `parquet/<table>` for every table it publishes
+        for i, table in enumerate(published):
+            files = table.new_files or table.files
+            if not files:
+                continue
+            path = str((Path(lake_root) / files[-1]).parent)
+            if i == 0:
+                meta["dagster/uri"] = dg.MetadataValue.path(path)
+                meta["dagster/table_name"] = f"posthog.{table.name}"
+            if len(published) > 1:
+                meta[f"parquet/{table.name}"] = dg.MetadataValue.path(path)
     if extra:
         meta.update(extra)
+    if "archive_state" in meta:
+        meta["archive_state"] = _archive_state(meta["archive_state"])
     # Dagster metadata values must be JSON-able; keep anything odd as text
     for key, value in list(meta.items()):
         if not isinstance(value, str | int | float | bool | dg.MetadataValue):
             meta[key] = json.dumps(value, default=str)
     return meta
+
+
+ARCHIVE_STATES = ("archived", "pending", "failed", "expired")
+
+
+def _archive_state(value: Any) -> Any:
+    """Every archive state with its count (zeros included), so an operator sees at a glance that
+    nothing is pending, failed or expired."""
+    counts = getattr(value, "data", value)
+    if not isinstance(counts, Mapping):
+        return value
+    full = {state: int(counts.get(state, 0)) for state in ARCHIVE_STATES}
+    full.update({k: int(v) for k, v in counts.items() if k not in full})
+    return dg.MetadataValue.json(full)
