@@ -7,7 +7,8 @@ simulator dataset, no internet. One command (the `bench` extra must be installed
 Each run gets a fresh simulator in its own process (`posthog-sim --ready-json`), so the
 simulator's CPU is not counted in the tool's; on a small machine they still compete for cores.
 For every run it records wall time, CPU time (user+sys of the whole process tree, from
-getrusage(RUSAGE_CHILDREN) after the tool exits), peak RSS of the process tree (psutil, summed
+getrusage(RUSAGE_CHILDREN) after the tool exits, or the sum polled per process if larger:
+forkserver children are never reaped by the tool), peak RSS of the process tree (psutil, summed
 over the tree every 0.1 s) and the largest single process, and the requests the simulator saw
 (GET /_sim/stats). Tools alternate order between repeats. Also measured: Dagster's fixed cost
 (a sync of an empty project), a second sync on unchanged data (content bytes downloaded), and a
@@ -114,10 +115,14 @@ def measure(cmd: list[str], env: dict, cwd: Path, log_path: Path, timeout: float
             for p in procs:
                 try:
                     rss = p.memory_info().rss
+                    times = p.cpu_times()
                     if p.pid not in per_pid:
-                        per_pid[p.pid] = {"cmd": _label(p), "max_rss": 0}
+                        per_pid[p.pid] = {"cmd": _label(p), "max_rss": 0, "cpu": 0.0}
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
+                # polled too: processes forked by a forkserver are never reaped by our child,
+                # so getrusage(RUSAGE_CHILDREN) alone would miss their CPU
+                per_pid[p.pid]["cpu"] = times.user + times.system
                 total += rss
                 per_pid[p.pid]["max_rss"] = max(per_pid[p.pid]["max_rss"], rss)
             peak_tree = max(peak_tree, total)
@@ -135,7 +140,9 @@ def measure(cmd: list[str], env: dict, cwd: Path, log_path: Path, timeout: float
     th.join()
     log.close()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    reaped = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    polled = sum(d["cpu"] for d in per_pid.values())
+    cpu = max(reaped, polled)
     procs = sorted(per_pid.values(), key=lambda d: -d["max_rss"])
     return {"rc": rc, "wall_s": wall, "cpu_s": cpu, "peak_tree_rss_mb": peak_tree / 2**20,
             "max_process_rss_mb": procs[0]["max_rss"] / 2**20 if procs else 0.0,
