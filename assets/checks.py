@@ -54,7 +54,9 @@ def posthog_export_contents_sha256(lake: LakeResource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=posthog_exports)
+# on the contents asset (which archives), after both: checked before archiving, every sync
+# would warn about exports it was just about to archive
+@dg.asset_check(asset=posthog_export_contents, additional_deps=[posthog_exports])
 def posthog_exports_expiring_unarchived(lake: LakeResource) -> dg.AssetCheckResult:
     """Warns when an export with content expires within 24 hours and is not archived yet."""
     rows = expiring_unarchived(lake.get_lake(), datetime.now(UTC) + timedelta(hours=24))

@@ -117,7 +117,8 @@ def posthog_requested_exports(
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports])
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports],
+          metadata={"dagster/table_name": "posthog.exports"})
 def posthog_exports(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -189,7 +190,8 @@ def _state(export: dict[str, Any]) -> tuple[str, str | None]:
     return "available", None
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports])
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
+          metadata={"dagster/table_name": "posthog.export_contents"})
 def posthog_export_contents(
     context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -228,11 +230,12 @@ def posthog_export_contents(
             else:
                 states[export_id] = (state, detail)
 
-        progress = Progress(context.log, "export contents")
         failures: list[str] = []
         rows_by_export: Counter[int] = Counter()
         with store.writer(EXPORT_CONTENTS, synced_at=synced_at) as contents_writer, \
-                store.writer(EXPORT_ROWS, synced_at=synced_at) as rows_writer:
+                store.writer(EXPORT_ROWS, synced_at=synced_at) as rows_writer, \
+                Progress(context.log, "export contents", stats=client.stats, unit="files",
+                         requests_per_second=client.budget_rate) as progress:
 
             def fetch(export: dict[str, Any]) -> Any:
                 tmp = store.tmp_dir() / f"{uuid.uuid4().hex}.part"
@@ -275,9 +278,8 @@ def posthog_export_contents(
                             )
                             if detail:
                                 states[export_id] = ("archived", detail)
-                        progress.update(downloaded=len(todo) - len(queue) - len(running),
-                                        bytes=client.stats.bytes_downloaded,
-                                        total=len(todo), done=contents_writer.rows_written)
+                        progress.update(archived=contents_writer.rows_written,
+                                        total=len(todo), done=len(todo) - len(queue) - len(running))
 
         with store.writer(EXPORT_ARCHIVE, synced_at=synced_at) as archive_writer:
             archive_writer.write_rows(

@@ -50,7 +50,8 @@ class PropertyValuesConfig(SyncConfig):
     concurrency: int = Field(default=4, description="property_values requests in flight at once.")
 
 
-@dg.asset(group_name="posthog", kinds=KINDS)
+@dg.asset(group_name="posthog", kinds=KINDS,
+          metadata={"dagster/table_name": "posthog.group_types"})
 def posthog_group_types(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -68,7 +69,8 @@ def posthog_group_types(
             client.stats, published, lake_root=store.root, preview=rows))
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types])
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
+          metadata={"dagster/table_name": "posthog.groups"})
 def posthog_groups(
     context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -79,7 +81,6 @@ def posthog_groups(
     store = lake.get_lake()
     per_type: Counter[str] = Counter()
     preview: list[dict] = []
-    progress = Progress(context.log, "groups")
     with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
             posthog.get_client(logger=context.log) as client:
         types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
@@ -87,17 +88,21 @@ def posthog_groups(
             index: (lambda index=index: client.iter_group_pages(group_type_index=index))
             for index in types
         }
-        with store.writer(GROUPS, synced_at=synced_at) as writer:
+        # the last snapshot's size makes a good guess at this one's, for the time left
+        previous_rows = store.read_current(GROUPS, columns=["group_type_index"]).num_rows
+        with store.writer(GROUPS, synced_at=synced_at) as writer, \
+                Progress(context.log, "groups", stats=client.stats, unit="groups",
+                         expected_total=previous_rows or None,
+                         requests_per_second=client.budget_rate) as progress:
             for index, page in interleave(sources, max_workers=config.type_concurrency):
                 rows = [group_row(g, types[index]) for g in page]
                 writer.write_rows(rows)
                 per_type[f"{index}:{types[index]}"] += len(rows)
                 if len(preview) < 10:
                     preview.extend(rows[: 10 - len(preview)])
-                progress.update(pages=client.stats.pages, groups=writer.rows_written,
-                                requests=client.stats.requests)
+                progress.update(groups=writer.rows_written)
         published = store.publish([writer], run_id=context.run.run_id, asset="posthog_groups")
-    progress.update(force=True, pages=client.stats.pages, groups=published[0].rows)
+        progress.update(force=True, groups=published[0].rows)
     return dg.MaterializeResult(
         metadata=sync_metadata(
             client.stats, published, lake_root=store.root, preview=preview,
@@ -109,7 +114,8 @@ def posthog_groups(
     )
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types])
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
+          metadata={"dagster/table_name": "posthog.group_property_definitions"})
 def posthog_group_property_definitions(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -153,7 +159,8 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     return chosen
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_property_definitions])
+@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_property_definitions],
+          metadata={"dagster/table_name": "posthog.group_property_values"})
 def posthog_group_property_values(
     context: dg.AssetExecutionContext, config: PropertyValuesConfig, posthog: PostHogResource,
     lake: LakeResource,

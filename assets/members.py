@@ -14,7 +14,8 @@ from resources.lake import LakeResource
 from resources.posthog import PostHogResource
 
 
-@dg.asset(group_name="posthog", kinds=KINDS)
+@dg.asset(group_name="posthog", kinds=KINDS,
+          metadata={"dagster/table_name": "posthog.explicit_members"})
 def posthog_explicit_members(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,

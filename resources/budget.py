@@ -74,6 +74,11 @@ class RequestBudget:
         """True when no window limits anything (acquire then never touches disk)."""
         return not self.limits
 
+    @property
+    def sustained_rate(self) -> float | None:
+        """Requests per second the tightest window allows over its length; None if unlimited."""
+        return min((count / seconds for count, seconds in self.limits), default=None)
+
     def now(self) -> float:
         """The budget's clock, for callers computing `pause_until` deadlines."""
         return self._clock()

@@ -260,6 +260,11 @@ class PostHogClient:
         self._http.close()
 
     @property
+    def budget_rate(self) -> float | None:
+        """Requests per second the rate budget sustains (None when unlimited)."""
+        return self._budget.sustained_rate if self._budget is not None else None
+
+    @property
     def host(self) -> str:
         """The configured origin."""
         return self._origin
