@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 
 from assets._streams import Progress
@@ -23,7 +24,7 @@ from assets.tables import (
     export_row,
     to_json,
 )
-from assets.tabular import TABULAR_FORMATS, iter_table_rows
+from assets.tabular import TABULAR_FORMATS, iter_json_rows
 from resources.errors import PostHogError, PostHogNotFoundError
 from resources.lake import LakeResource
 from resources.posthog import PostHogResource
@@ -237,9 +238,11 @@ def posthog_export_contents(
                 Progress(context.log, "export contents", stats=client.stats, unit="files",
                          requests_per_second=client.budget_rate) as progress:
 
-            def fetch(export: dict[str, Any]) -> Any:
+            def fetch(export: dict[str, Any]) -> tuple[Any, str]:
+                # download and file away in the worker: the main thread only parses and writes
                 tmp = store.tmp_dir() / f"{uuid.uuid4().hex}.part"
-                return client.download_export_content(export["id"], tmp)
+                download = client.download_export_content(export["id"], tmp)
+                return download, store.store_content(download.path, download.sha256)
 
             with ThreadPoolExecutor(max_workers=max(1, config.max_concurrent_downloads)) as pool:
                 running: dict[Future, dict[str, Any]] = {}
@@ -253,7 +256,7 @@ def posthog_export_contents(
                         export = running.pop(future)
                         export_id = export["id"]
                         try:
-                            download = future.result()
+                            download, stored_path = future.result()
                         except PostHogNotFoundError:
                             states[export_id] = _after_404(client, export_id)
                             continue
@@ -261,7 +264,6 @@ def posthog_export_contents(
                             failures.append(f"export {export_id}: {exc}")
                             states[export_id] = ("error", str(exc))
                             continue
-                        stored_path = store.store_content(download.path, download.sha256)
                         contents_writer.write_rows([{
                             "export_id": export_id,
                             "sha256": download.sha256,
@@ -338,17 +340,26 @@ def _parse_rows(path: Path, export: dict[str, Any], writer: Any, counts: Counter
     export_id = export["id"]
     fmt = export["export_format"]
     try:
-        rows = iter_table_rows(path, fmt)
+        rows = iter_json_rows(path, fmt)
         head = list(islice(rows, _PARSE_BUFFER))
         tail = sum(1 for _ in rows)  # parse the rest before writing anything: no partial exports
     except Exception as exc:  # csv, UnicodeDecodeError, and openpyxl's assorted errors alike
         return f"archived, but its rows could not be parsed: {type(exc).__name__}: {exc}"
-    records = ({"export_id": export_id, "row_number": n, "row": to_json(row)}
-               for n, row in enumerate(head, start=1))
-    writer.write_rows(records)
+    _write_rows(writer, export_id, head, first=1)
     if tail:
-        rest = islice(iter_table_rows(path, fmt), _PARSE_BUFFER, None)
-        writer.write_rows({"export_id": export_id, "row_number": n, "row": to_json(row)}
-                          for n, row in enumerate(rest, start=_PARSE_BUFFER + 1))
+        rest = islice(iter_json_rows(path, fmt), _PARSE_BUFFER, None)
+        first = _PARSE_BUFFER + 1
+        while batch := list(islice(rest, _PARSE_BUFFER)):
+            _write_rows(writer, export_id, batch, first=first)
+            first += len(batch)
     counts[export_id] = len(head) + tail
     return None
+
+
+def _write_rows(writer: Any, export_id: int, rows: list[str], *, first: int) -> None:
+    if rows:
+        writer.write_batch(pa.table({
+            "export_id": pa.array([export_id] * len(rows), pa.int64()),
+            "row_number": pa.array(range(first, first + len(rows)), pa.int64()),
+            "row": pa.array(rows, pa.string()),
+        }))
