@@ -32,8 +32,13 @@ from resources.posthog import PostHogResource
 # Each step still runs in its own process (so steps overlap and a crash is contained), but the
 # processes fork from a server that has already imported Dagster and this code location: a step
 # starts in milliseconds instead of re-importing everything (about 3x faster for a full sync).
+# Steps mostly wait on PostHog (or its rate budget), so more of them run at once than there are
+# cores: groups crawl while export contents download.
 EXECUTOR = dg.multiprocess_executor.configured(
-    {"start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}}
+    {
+        "max_concurrent": 4,
+        "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}},
+    }
 )
 
 

@@ -209,6 +209,20 @@ def run_cli_sync(environ: dict[str, str], log: Path, timeout: float = 600) -> in
     return proc.wait(timeout=timeout)
 
 
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """SIGKILL is delivered at once but processes die (and drop their file locks) a moment
+    later; the step processes forked by Dagster's forkserver are not the CLI's direct children,
+    so waiting for the CLI alone is not enough."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process group {pgid} still alive {timeout:.0f}s after SIGKILL")
+
+
 def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
     """SIGKILL the whole `dagster asset materialize` process group during paging, downloads and
     the warehouse switch; after each kill the warehouse opens and shows one complete snapshot
@@ -263,6 +277,7 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
                     time.sleep(0.005)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                _wait_group_gone(proc.pid)
                 verify_snapshots(env.lake_root, env.database,
                                  allowed_rows={"groups": {old, old + 1}})
                 assert run_cli_sync(environ, log) == 0, log.read_text()[-3000:]
