@@ -8,7 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
+
+import dagster as dg
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -202,3 +205,14 @@ def _duration(seconds: float) -> str:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+@contextmanager
+def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lake: Any
+               ) -> Iterator[tuple[Any, Any]]:
+    """What a landing asset works inside: the lake, the asset's own lock (one sync of it at a
+    time, across processes; a second waits up to `config.lock_timeout_seconds`), and a client."""
+    store = lake.get_lake()
+    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
+            posthog.get_client(logger=context.log) as client:
+        yield store, client

@@ -2,10 +2,10 @@
 
 
 import uuid
-from itertools import islice
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from assets._streams import Progress
+from assets._streams import Progress, asset_sync
 from assets.groups import KINDS, SyncConfig
 from assets.metadata import sync_metadata
 from assets.tables import (
@@ -127,9 +127,7 @@ def posthog_exports(
     """Metadata of every exported asset ever seen; exports PostHog no longer lists (expired)
     stay, with `listed = false`. Endpoint: GET /api/projects/:id/exports/"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         previous = {r["id"]: r for r in store.read_current(EXPORTS).to_pylist()}
         rows: dict[int, dict[str, Any]] = {}
         for obj in client.iter_exports():
@@ -201,9 +199,7 @@ def posthog_export_contents(
     (content-addressed under LAKE_ROOT), and parses CSV/XLSX into `posthog.export_rows`.
     Endpoint: GET /api/projects/:id/exports/:id/content/ (302 to storage)"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         exports = {r["id"]: r for r in store.read_current(EXPORTS).to_pylist()}
         archived = {
             r["export_id"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from assets._streams import Progress, interleave
+from assets._streams import Progress, asset_sync, interleave
 from assets.metadata import sync_metadata
 from assets.tables import (
     GROUP_PROPERTY_DEFINITIONS,
@@ -58,9 +58,7 @@ def posthog_group_types(
 ) -> dg.MaterializeResult:
     """Group types of the project. Endpoint: GET /api/projects/:id/groups_types/"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         rows = [group_type_row(t) for t in client.list_group_types()]
         with store.writer(GROUP_TYPES, synced_at=synced_at) as writer:
             writer.write_rows(rows)
@@ -78,11 +76,9 @@ def posthog_groups(
     """Every group of every type, as a full snapshot; the last N snapshots stay in
     `posthog.groups_history`. Endpoint: GET /api/projects/:id/groups/?group_type_index=N"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
     per_type: Counter[str] = Counter()
     preview: list[dict] = []
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
         sources = {
             index: (lambda index=index: client.iter_group_pages(group_type_index=index))
@@ -123,10 +119,8 @@ def posthog_group_property_definitions(
     """Property definitions of each group type. Endpoint:
     GET /api/projects/:id/property_definitions/?type=group&group_type_index=N"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
     preview: list[dict] = []
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
         with store.writer(GROUP_PROPERTY_DEFINITIONS, synced_at=synced_at) as writer:
             for index, group_type in types.items():
@@ -168,10 +162,8 @@ def posthog_group_property_values(
     """Top 20 values (with counts) of chosen property keys per group type. Endpoint:
     GET /api/projects/:id/groups/property_values/?group_type_index=N&key=K"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
     preview: list[dict] = []
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
         keys = _keys_to_fetch(store, config, types)
         sources = {

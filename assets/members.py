@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
+from assets._streams import asset_sync
 from assets.groups import KINDS, SyncConfig
 from assets.metadata import sync_metadata
 from assets.tables import EXPLICIT_MEMBERS, explicit_member_row
@@ -23,10 +24,8 @@ def posthog_explicit_members(
     """Explicit project members; an empty table where PostHog no longer has the endpoint
     (current cloud). Endpoint: GET /api/projects/:id/explicit_members/"""
     synced_at = datetime.now(UTC)
-    store = lake.get_lake()
     reason = None
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
+    with asset_sync(context, config, posthog, lake) as (store, client):
         try:
             rows = [explicit_member_row(m) for m in client.list_explicit_members()]
         except PostHogEndpointMissingError:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from json.encoder import encode_basestring
+from pathlib import Path
 from typing import BinaryIO
 
 import openpyxl

@@ -28,7 +28,6 @@ from pipelines.sensors import ALL_SENSORS
 from resources.lake import LakeResource
 from resources.posthog import PostHogResource
 
-
 # Each step still runs in its own process (so steps overlap and a crash is contained), but the
 # processes fork from a server that has already imported Dagster and this code location: a step
 # starts in milliseconds instead of re-importing everything (about 3x faster for a full sync).

@@ -21,6 +21,7 @@ import duckdb
 
 from assets.tables import parse_ts
 from assets.tabular import CSV_FORMAT, XLSX_FORMAT
+from tests.helpers import expected_export_rows
 
 # fields the pipeline types as columns; anything else the API sends must land in `extra`
 _GROUP_FIELDS = {"group_type_index", "group_key", "group_properties", "created_at"}
@@ -178,28 +179,6 @@ def verify_exact(sim: Any, lake_root: Path, database: Path) -> Counts:
     return counts
 
 
-def _expected_rows(content: bytes, fmt: str) -> list[dict]:
-    if fmt == CSV_FORMAT:
-        rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
-    else:
-        import openpyxl
-
-        from assets.tabular import _cell_text
-
-        wb = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-        rows = []
-        for values in wb.worksheets[0].iter_rows(values_only=True):
-            cells = [_cell_text(v) for v in values]
-            while cells and cells[-1] is None:
-                cells.pop()
-            if cells:
-                rows.append(cells)
-    if not rows:
-        return []
-    header, body = rows[0], rows[1:]
-    return [dict(zip(header, r + [None] * (len(header) - len(r)), strict=False)) for r in body]
-
-
 def _verify_rows(con: duckdb.DuckDBPyConnection, ds: Any, export_id: int, fmt: str) -> int:
     length = ds.export_content_length(export_id)
     if length > _FULL_ROW_COMPARE_BYTES and fmt == CSV_FORMAT:
@@ -223,7 +202,7 @@ def _verify_rows(con: duckdb.DuckDBPyConnection, ds: Any, export_id: int, fmt: s
             "AND row_number IN (1, ?) ORDER BY row_number", [export_id, n]).fetchall()
         assert [json.loads(r[0]) for r in ends] == [first, last], f"export {export_id}: rows differ"
         return n
-    want = _expected_rows(ds.export_content(export_id), fmt)
+    want = expected_export_rows(ds.export_content(export_id), fmt)
     rows = con.execute(
         "SELECT row_number, row::VARCHAR FROM posthog.export_rows WHERE export_id = ? "
         "ORDER BY row_number", [export_id]).fetchall()

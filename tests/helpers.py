@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import openpyxl
 
+from assets.tabular import CSV_FORMAT
 from pipelines.definitions import defs
 from posthog_sim import DatasetSpec, FaultSpec, SimConfig, Simulator
 from resources.lake import Lake, LakeResource
@@ -112,3 +116,24 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             texts.append(error.message)
             error = error.cause
     return "\n".join(texts)
+
+
+def expected_export_rows(content: bytes, fmt: str) -> list[dict]:
+    """What posthog.export_rows must hold for these bytes: parsed independently of the asset."""
+    if fmt == CSV_FORMAT:
+        rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
+    else:
+        from assets.tabular import _cell_text
+
+        wb = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+        rows = []
+        for values in wb.worksheets[0].iter_rows(values_only=True):
+            cells = [_cell_text(v) for v in values]
+            while cells and cells[-1] is None:
+                cells.pop()
+            if cells:
+                rows.append(cells)
+    if not rows:
+        return []
+    header, body = rows[0], rows[1:]
+    return [dict(zip(header, r + [None] * (len(header) - len(r)), strict=False)) for r in body]

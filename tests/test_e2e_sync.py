@@ -6,21 +6,24 @@ that; a failed sync must leave the previous snapshot readable.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import openpyxl
 import pytest
 
 from assets.tabular import CSV_FORMAT, XLSX_FORMAT
 from posthog_sim import FaultSpec
-from tests.helpers import expected_groups, failure_text, landed_groups, start_sim
+from tests.helpers import (
+    expected_export_rows,
+    expected_groups,
+    failure_text,
+    landed_groups,
+    start_sim,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,25 +34,6 @@ def _parse_ts(value: str | None) -> str | None:
     from assets.tables import parse_ts
 
     return parse_ts(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
-def _expected_rows(content: bytes, fmt: str) -> list[dict]:
-    if fmt == CSV_FORMAT:
-        reader = csv.reader(io.StringIO(content.decode("utf-8-sig"), newline=""))
-        rows = list(reader)
-    else:
-        wb = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-        from assets.tabular import _cell_text
-
-        rows = []
-        for values in wb.worksheets[0].iter_rows(values_only=True):
-            cells = [_cell_text(v) for v in values]
-            while cells and cells[-1] is None:
-                cells.pop()
-            if cells:
-                rows.append(cells)
-    header, body = rows[0], rows[1:]
-    return [dict(zip(header, r + [None] * (len(header) - len(r)), strict=False)) for r in body]
 
 
 def assert_warehouse_equals_simulator(env) -> None:
@@ -121,7 +105,7 @@ def assert_warehouse_equals_simulator(env) -> None:
             [export_id],
         )
         landed_rows = [json.loads(r[0]) for r in rows]
-        want = _expected_rows(ds.export_content(export_id), fmt)
+        want = expected_export_rows(ds.export_content(export_id), fmt)
         assert landed_rows == want, export_id
         assert [list(r.keys()) for r in landed_rows] == [list(r.keys()) for r in want]
 
