@@ -345,7 +345,8 @@ class SnapshotWriter:
             if total == distinct:
                 return
             columns = ", ".join(_quote(f.name) for f in self._schema)
-            reader = con.execute(
+            # a relation streams batches; a DB-API result would copy every row once more
+            reader = con.sql(
                 f"SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
                 "ORDER BY filename DESC, file_row_number DESC) AS rn__ "
                 f"FROM read_parquet({files}, filename = true, file_row_number = true)) "
