@@ -335,12 +335,12 @@ class SnapshotWriter:
             # hash collision or a real duplicate takes the exact (rewriting) path below
             total, hashes = con.execute(
                 f"SELECT count(*), count(DISTINCT hash({key})) FROM read_parquet({files})"
-            ).fetchone()
+            ).fetchall()[0]
             if total == hashes:
                 return
             (distinct,) = con.execute(
                 f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM read_parquet({files}))"
-            ).fetchone()
+            ).fetchall()[0]
             self.duplicates_dropped = total - distinct
             if total == distinct:
                 return
