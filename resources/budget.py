@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import filelock
+
 __all__ = ["RequestBudget", "budget_bucket"]
 
 log = logging.getLogger(__name__)
@@ -167,9 +169,13 @@ class RequestBudget:
             check_same_thread=False,  # guarded by self._lock
         )
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
+        # Switching a new database to WAL needs an exclusive lock and SQLite answers "database is
+        # locked" at once (no busy wait) when another process is setting it up at the same
+        # moment, as every step of a first sync does: one process at a time sets up.
+        with filelock.FileLock(f"{self.path}.setup.lock", timeout=BUSY_TIMEOUT_S):
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
         self._conn, self._conn_pid = conn, pid
         return conn
 

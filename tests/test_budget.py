@@ -225,3 +225,26 @@ def test_budget_processes_never_exceed_a_window(tmp_path: Path) -> None:
     assert max_in_window(stamps, 1.0) <= 20
     # About 20 per second for 2.5 s (plus calls already waiting at the deadline): not starved.
     assert len(stamps) >= 40
+
+
+def _first_acquire(path: str, start_at: float) -> None:
+    budget = RequestBudget(Path(path), BUCKET, [(1000, 1.0)], safety=0.0)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    budget.acquire()
+    budget.close()
+
+
+def test_budget_many_processes_create_the_store_at_the_same_moment(tmp_path: Path) -> None:
+    """Every step of a first sync opens a brand-new store at once; none may fail to set it up."""
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        path = tmp_path / f"round{round_}" / "budget.sqlite"
+        start_at = time.time() + 1.5
+        procs = [ctx.Process(target=_first_acquire, args=(str(path), start_at)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=30)
+        assert [proc.exitcode for proc in procs] == [0] * 8
+        assert len(stored_timestamps(path)) == 8
