@@ -710,8 +710,8 @@ class PostHogClient:
                         size += len(chunk)
                 except httpx.RequestError as exc:
                     return self._transport_outcome(call, exc, where="download ")
-                fh.flush()
-                os.fsync(fh.fileno())
+            # no fsync here: the file is handed on complete, and whoever keeps it makes it
+            # durable (Lake.store_content fsyncs before filing it), so it is not synced twice
             encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
             # Content-Length counts bytes on the wire, which differ from the file when encoded.
             received = size if encoding in ("", "identity") else response.num_bytes_downloaded
