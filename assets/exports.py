@@ -75,7 +75,12 @@ class ContentsConfig(SyncConfig):
     )
 
 
-@dg.asset(group_name="posthog", kinds={"posthog"})
+# Exports expire (CSV/XLSX after 7 days) and groups don't: when one run does both, the executor
+# starts the export steps first, so a long group crawl never delays archiving.
+EXPORTS_FIRST = {"dagster/priority": "1"}
+
+
+@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST)
 def posthog_requested_exports(
     context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
 ) -> dg.MaterializeResult:
@@ -119,7 +124,7 @@ def posthog_requested_exports(
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports],
-          metadata={"dagster/table_name": "posthog.exports"})
+          op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.exports"})
 def posthog_exports(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -190,7 +195,7 @@ def _state(export: dict[str, Any]) -> tuple[str, str | None]:
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
-          metadata={"dagster/table_name": "posthog.export_contents"})
+          op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.export_contents"})
 def posthog_export_contents(
     context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
     lake: LakeResource,

@@ -41,6 +41,20 @@ def test_definitions_load_with_every_asset_check_job_schedule_and_sensor():
         assert spec.group_name == "posthog" and "Endpoint:" in (spec.description or "")
 
 
+def test_runs_execute_in_process_by_default_and_multiprocess_on_request():
+    job = defs.resolve_job_def("posthog_sync_job")
+    executor = job.executor_def
+    assert executor.config_schema.as_field().default_value == {"in_process": {}}
+    assert executor.get_requirements({"in_process": {}}) == []
+    assert executor.get_requirements({"multiprocess": {"max_concurrent": 4}})
+    # export steps go first in a run that also crawls groups: exports expire, groups don't
+    priority = {
+        node.name: int(node.tags.get("dagster/priority", 0)) for node in job.graph.node_dict.values()
+    }
+    assert priority["posthog_exports"] > priority["posthog_groups"]
+    assert priority["posthog_export_contents"] > priority["posthog_groups"]
+
+
 def test_schedules_run_exports_hourly_and_groups_daily_and_start_stopped():
     exports = defs.resolve_schedule_def("posthog_exports_hourly")
     groups = defs.resolve_schedule_def("posthog_groups_daily")
