@@ -50,6 +50,17 @@ class PropertyValuesConfig(SyncConfig):
     concurrency: int = Field(default=4, description="property_values requests in flight at once.")
 
 
+def _group_types(context: dg.AssetExecutionContext, store, client) -> dict[int, str | None]:
+    """Group type names by index. When this run has just published posthog.group_types (a full
+    sync, or the groups job) they are read from the lake: the same list, one request fewer for
+    each asset that needs it. Otherwise (the asset materialized on its own) they are listed."""
+    snapshot = store.current_snapshot(GROUP_TYPES.name)
+    if snapshot is not None and snapshot.get("run_id") == context.run.run_id:
+        rows = store.read_current(GROUP_TYPES, columns=["group_type_index", "group_type"])
+        return {r["group_type_index"]: r["group_type"] for r in rows.to_pylist()}
+    return {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
+
+
 @dg.asset(group_name="posthog", kinds=KINDS,
           metadata={"dagster/table_name": "posthog.group_types"})
 def posthog_group_types(
@@ -79,7 +90,7 @@ def posthog_groups(
     per_type: Counter[str] = Counter()
     preview: list[dict] = []
     with asset_sync(context, config, posthog, lake) as (store, client):
-        types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
+        types = _group_types(context, store, client)
         sources = {
             index: (lambda index=index: client.iter_group_pages(group_type_index=index))
             for index in types
@@ -121,7 +132,7 @@ def posthog_group_property_definitions(
     synced_at = datetime.now(UTC)
     preview: list[dict] = []
     with asset_sync(context, config, posthog, lake) as (store, client):
-        types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
+        types = _group_types(context, store, client)
         with store.writer(GROUP_PROPERTY_DEFINITIONS, synced_at=synced_at) as writer:
             for index, group_type in types.items():
                 rows = [
@@ -164,7 +175,7 @@ def posthog_group_property_values(
     synced_at = datetime.now(UTC)
     preview: list[dict] = []
     with asset_sync(context, config, posthog, lake) as (store, client):
-        types = {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
+        types = _group_types(context, store, client)
         keys = _keys_to_fetch(store, config, types)
         sources = {
             (index, key): (

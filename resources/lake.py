@@ -55,7 +55,6 @@ import dagster as dg
 import duckdb
 import filelock
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
@@ -972,6 +971,11 @@ class Lake:
                 pointers[path.stem] = json.loads(path.read_text())
         return pointers
 
+    def current_snapshot(self, table: str) -> dict | None:
+        """The current snapshot's manifest of ``table`` (None if never published): its
+        ``snapshot_id``, ``rows``, ``synced_at``, and the ``asset`` and ``run_id`` that wrote it."""
+        return self._read_pointer(table)
+
     def current_files(self, table: str) -> list[Path]:
         """Absolute paths of the files in ``table``'s current snapshot ([] if never published)."""
         pointer = self._read_pointer(table)
@@ -993,6 +997,9 @@ class Lake:
                 schema = pa.unify_schemas([pq.read_schema(f) for f in files])
                 if spec is not None:
                     schema = pa.unify_schemas([spec.full_schema, schema])
+                # imported here: pyarrow.dataset imports pandas (40 MB) when it is installed
+                import pyarrow.dataset as pads
+
                 dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema)
                 return dataset.to_table(columns=columns)
             except FileNotFoundError:
