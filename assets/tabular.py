@@ -9,8 +9,6 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import BinaryIO
 
-import openpyxl
-
 CSV_FORMAT = "text/csv"
 XLSX_FORMAT = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 TABULAR_FORMATS = frozenset({CSV_FORMAT, XLSX_FORMAT})
@@ -81,6 +79,8 @@ def _xlsx_rows(path: Path) -> Iterator[list[str | None]]:
 
 
 def _workbook_rows(fh: BinaryIO) -> Iterator[list[str | None]]:
+    import openpyxl  # only XLSX exports need it
+
     workbook = openpyxl.load_workbook(fh, read_only=True, data_only=True)
     try:
         sheet = workbook.worksheets[0]
