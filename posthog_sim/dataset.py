@@ -369,6 +369,7 @@ class Dataset:
         self._ov: list[dict[str, dict]] = [{} for _ in range(self.n_types)]
         self._ov_extra_keys: list[dict[str, str]] = [{} for _ in range(self.n_types)]
         self._pv_cache: dict[int, dict[str, dict[str, int]]] = {}
+        self._pv_lock = threading.Lock()
         self._content_cache: OrderedDict[int, bytes] = OrderedDict()
         self._content_cache_bytes = 0
         self._content_cache_limit = 64 * 1024 * 1024
@@ -706,19 +707,28 @@ class Dataset:
             cached = self._pv_cache.get(i)
         if cached is not None:
             return cached
-        counts: dict[str, dict[str, int]] = {}
-        for n_seen, g in enumerate(self.iter_groups(i)):
-            if n_seen >= self.PV_SCAN_LIMIT:
-                break
-            for k, v in (g.get("group_properties") or {}).items():
-                if v is None:
-                    continue
-                sv = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
-                d = counts.setdefault(k, {})
-                d[sv] = d.get(sv, 0) + 1
-        with self._lock:
-            self._pv_cache[i] = counts
-        return counts
+        # one scan at a time: concurrent requests wait for the first one's counts instead of
+        # each scanning the same groups (they would only share the GIL)
+        with self._pv_lock:
+            with self._lock:
+                cached = self._pv_cache.get(i)
+                version = self.version
+            if cached is not None:
+                return cached
+            counts: dict[str, dict[str, int]] = {}
+            for n_seen, g in enumerate(self.iter_groups(i)):
+                if n_seen >= self.PV_SCAN_LIMIT:
+                    break
+                for k, v in (g.get("group_properties") or {}).items():
+                    if v is None:
+                        continue
+                    sv = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+                    d = counts.setdefault(k, {})
+                    d[sv] = d.get(sv, 0) + 1
+            with self._lock:
+                if self.version == version:  # not if a write changed the groups meanwhile
+                    self._pv_cache[i] = counts
+            return counts
 
     def property_values(self, i: int, key: str, value: str | None = None) -> list[dict]:
         """Top 20 values of a property ({"name","count"}, count DESC, value ASC).
@@ -997,6 +1007,13 @@ class Dataset:
                     _, old = self._content_cache.popitem(last=False)
                     self._content_cache_bytes -= len(old)
         return b
+
+    def prerender_contents(self) -> int:
+        """Render every (non-streamed) export file now and keep them all; returns the bytes."""
+        with self._lock:
+            self._content_cache_limit = 1 << 62
+            records = [r for r in self._exports.values() if r.has_content and not r.large]
+        return sum(len(self._content_bytes(r)) for r in records)
 
     def export_content_iter(self, export_id: int, chunk_size: int = 256 * 1024) -> Iterator[bytes] | None:
         rec = self._exports.get(export_id)

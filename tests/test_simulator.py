@@ -740,3 +740,18 @@ def test_keep_alive_throughput(sim_factory):
     assert len(pages) == 200
     assert len(pages) / elapsed > 50  # conservative floor; typically 150-300 pages/s
     assert sim.stats()["requests"]["groups"] == 200
+
+
+def test_concurrent_property_value_requests_scan_the_groups_once(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from posthog_sim import Dataset, DatasetSpec
+
+    ds = Dataset(DatasetSpec(seed=3, groups_per_type=(3000,), n_exports=0))
+    scans = []
+    original = ds.iter_groups
+    monkeypatch.setattr(ds, "iter_groups", lambda i: scans.append(i) or original(i))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: ds.property_values(0, "industry"), range(8)))
+    assert scans == [0]
+    assert all(r == results[0] for r in results) and results[0]
