@@ -6,6 +6,8 @@ simulator dataset, no internet. One command (the `bench` extra must be installed
 
 Each run gets a fresh simulator in its own process (`posthog-sim --ready-json`), so the
 simulator's CPU is not counted in the tool's; on a small machine they still compete for cores.
+The simulator renders every export file before the tool starts (`--prerender-contents`), as
+object storage serves stored bytes: no tool is timed on the simulator's CSV/XLSX rendering.
 For every run it records wall time, CPU time (user+sys of the whole process tree, from
 getrusage(RUSAGE_CHILDREN) after the tool exits, or the sum polled per process if larger:
 forkserver children are never reaped by the tool), peak RSS of the process tree (psutil, summed
@@ -47,7 +49,7 @@ class Sim:
         self.args = dict(groups=groups, types=types, exports=exports, rate_limit=rate_limit, seed=seed)
         cmd = [str(BIN / "posthog-sim"), "--port", "0", "--ready-json", "--groups", str(groups),
                "--types", str(types), "--exports", str(exports), "--rate-limit", rate_limit,
-               "--seed", str(seed), "--request-log-limit", "1000"]
+               "--seed", str(seed), "--request-log-limit", "1000", "--prerender-contents"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if line.startswith("POSTHOG_SIM_READY "):
@@ -189,8 +191,11 @@ def tool_cmd(tool: str, sim: Sim, work: Path, *, windows: str | None = None) -> 
 
 
 def minimum_requests(groups: int, types: int, exports: int, seed: int = 7) -> dict:
-    """Requests the data needs: group pages, export list pages, one content request per export
-    with content (plus its storage GET), and the group-types list."""
+    """Requests the data needs. `api_minimum`, what the peer's tables need: the group-types list,
+    group pages, export list pages, one content request per export with content (plus its
+    storage GET, not counted here). `ours_minimum` adds what our other tables need: one property
+    definitions page per type, one property-values request per key (the first 25 keys of each
+    type, as the asset picks them) and one explicit-members request."""
     from posthog_sim import Dataset, DatasetSpec
     from posthog_sim.__main__ import _parse_groups
     per_type = _parse_groups(str(groups), types)
@@ -199,8 +204,13 @@ def minimum_requests(groups: int, types: int, exports: int, seed: int = 7) -> di
     with_content = sum(1 for e in listed if e.get("has_content"))
     pages = sum(max(1, math.ceil(n / 100)) for n in per_type)
     export_pages = max(1, math.ceil(len(listed) / 100))
+    api_minimum = 1 + pages + export_pages + with_content
+    n_types = len(per_type)
+    value_keys = sum(min(25, len(ds.property_definitions(i))) for i in range(n_types))
     return {"group_pages": pages, "export_list_pages": export_pages, "contents": with_content,
-            "api_minimum": 1 + pages + export_pages + with_content}
+            "api_minimum": api_minimum, "property_definition_pages": n_types,
+            "property_value_keys": value_keys,
+            "ours_minimum": api_minimum + n_types + value_keys + 1}
 
 
 def run_one(tool: str, groups: int, types: int, exports: int, base: Path, *, tag: str,
@@ -377,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         rr = out["ratelimited"]["rate"]
         print(f"rate-limited: {rr['api_requests']} API requests in {rr['span_s']:.1f}s; allowed "
               f"{rr['allowed_in_span']} -> {rr['achieved_pct']:.1f}% of the allowed rate; "
-              f"429s {out['ratelimited']['sim']['throttled_429']}; minimum {rr['minimum']['api_minimum']}; "
+              f"429s {out['ratelimited']['sim']['throttled_429']}; minimum {rr['minimum']['ours_minimum']} "
+              f"for our tables ({rr['minimum']['api_minimum']} for the peer's); "
               f"wall {out['ratelimited']['wall_s']:.1f}s")
     print(f"\nraw: {path}")
     return 0
