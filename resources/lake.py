@@ -55,6 +55,7 @@ import dagster as dg
 import duckdb
 import filelock
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
@@ -997,9 +998,6 @@ class Lake:
                 schema = pa.unify_schemas([pq.read_schema(f) for f in files])
                 if spec is not None:
                     schema = pa.unify_schemas([spec.full_schema, schema])
-                # imported here: pyarrow.dataset imports pandas (40 MB) when it is installed
-                import pyarrow.dataset as pads
-
                 dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema)
                 return dataset.to_table(columns=columns)
             except FileNotFoundError:
