@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
+from resources.lake import release_memory
+
 T = TypeVar("T")
 K = TypeVar("K")
 
@@ -213,6 +215,9 @@ def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lak
     """What a landing asset works inside: the lake, the asset's own lock (one sync of it at a
     time, across processes; a second waits up to `config.lock_timeout_seconds`), and a client."""
     store = lake.get_lake()
-    with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-            posthog.get_client(logger=context.log) as client:
-        yield store, client
+    try:
+        with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
+                posthog.get_client(logger=context.log) as client:
+            yield store, client
+    finally:
+        release_memory()

@@ -32,7 +32,9 @@ and the COMMIT, the next publish (or ``rebuild_views``) notices the drift and re
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -59,6 +61,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
+
+# Rows given as dicts are turned into Arrow this many at a time: as Python objects a row takes
+# several times its Arrow size, so the dicts are kept few while a row group (`batch_rows`) fills.
+_ROWS_AS_DICTS = 2_000
 
 SYNCED_AT = "synced_at"
 SYNCED_AT_TYPE = pa.timestamp("us", tz="UTC")
@@ -120,6 +126,19 @@ def _utc(value: datetime, what: str) -> datetime:
 def new_snapshot_id() -> str:
     """A snapshot id that sorts by creation time and is unique across processes."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}"
+
+
+def release_memory() -> None:
+    """Give freed memory back to the OS. Every step of a run shares one process, and the
+    allocators (Python's, glibc's, Arrow's) otherwise keep what one step used for the next:
+    trimming after each step, and before a dedupe starts DuckDB, keeps the run's peak at its
+    largest step's instead of their sum."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere there is nothing to trim
+    except (OSError, AttributeError):
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -253,6 +272,8 @@ class SnapshotWriter:
         self._alive.acquire()
         self.staging_dir.mkdir()
         self._buffer: list[dict] = []
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
         self._parquet: pq.ParquetWriter | None = None
         self._rows_in_part = 0
         self.files: list[str] = []  # part file names inside the snapshot dir
@@ -272,7 +293,7 @@ class SnapshotWriter:
         self._require_open()
         allowed = self._allowed
         buffer = self._buffer
-        limit = self._lake.batch_rows
+        limit = min(_ROWS_AS_DICTS, self._lake.batch_rows)
         for row in rows:
             if not row.keys() <= allowed:
                 unknown = sorted(set(row) - allowed)
@@ -300,17 +321,19 @@ class SnapshotWriter:
         table = pa.Table.from_arrays(columns, schema=self._data_schema)
         self._flush_rows()  # keep row order across write_rows and write_batch
         for chunk in table.to_batches(max_chunksize=self._lake.batch_rows):
-            self._write(chunk)
+            self._stage(chunk)
 
     def close(self) -> None:
         """Finish the files (a 0-row file if nothing was written); the lake publishes them."""
         if self._state != "open":
             return
         self._flush_rows()
+        self._drain()
         if not self.files:
             self._open_part()
         self._close_part()
         if self.spec.unique_key and self.spec.mode == "replace" and self.rows_written:
+            release_memory()
             self._dedupe()
         for name in self.files:
             with open(self.staging_dir / name, "rb") as f:
@@ -383,6 +406,7 @@ class SnapshotWriter:
                 pass
             self._parquet = None
         self._buffer.clear()
+        self._pending.clear()
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self._release()
 
@@ -398,22 +422,37 @@ class SnapshotWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
             raise LakeError(f"{self.spec.name}: a row does not fit the schema: {e}") from e
         self._buffer.clear()  # in place: write_rows holds a reference to this list
-        self._write(batch)
+        self._stage(batch)
 
-    def _write(self, batch: pa.RecordBatch) -> None:
-        n = batch.num_rows
+    def _stage(self, batch: pa.RecordBatch) -> None:
+        """Hold Arrow batches until there is a row group's worth (`batch_rows`), then write."""
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= self._lake.batch_rows:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self._data_schema)
+            self._pending.clear()
+            self._pending_rows = 0
+            self._write(table)
+
+    def _write(self, data: pa.RecordBatch | pa.Table) -> None:
+        n = data.num_rows
         if n == 0:
             return
         synced_at = pa.repeat(self._synced_at_scalar, n)
-        arrays = [synced_at if f.name == SYNCED_AT else batch.column(f.name) for f in self._schema]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self._schema)
+        arrays = [synced_at if f.name == SYNCED_AT else data.column(f.name) for f in self._schema]
+        table = pa.Table.from_arrays(arrays, schema=self._schema)
         per_file = self._lake.rows_per_file
         offset = 0
         while offset < n:
             if self._parquet is None:
                 self._open_part()
             take = min(n - offset, per_file - self._rows_in_part)
-            self._parquet.write_batch(batch.slice(offset, take))
+            # one row group per call: `batch_rows` rows, however many batches they came in
+            self._parquet.write_table(table.slice(offset, take), row_group_size=take)
             offset += take
             self._rows_in_part += take
             self.rows_written += take
@@ -449,7 +488,7 @@ class Lake:
         schema: str = "posthog",
         history_snapshots: int = 7,
         rows_per_file: int = 500_000,
-        batch_rows: int = 20_000,
+        batch_rows: int = 10_000,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
         self.warehouse = Path(warehouse).expanduser().absolute()
