@@ -621,3 +621,22 @@ def test_lake_unique_key_without_duplicates_leaves_files_alone(tmp_path):
         w.write_rows({"kind": 0, "key": f"k{i}", "value": "v"} for i in range(10))
     published = lake.publish([w])[0]
     assert w.duplicates_dropped == 0 and published.rows == 10 and len(published.files) == 3
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_groups_unique_key_check_counts_duplicates_and_null_keys(tmp_path, duplicate):
+    from assets.checks import posthog_groups_unique_key
+
+    warehouse = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(warehouse))
+    con.execute("CREATE SCHEMA posthog")
+    con.execute("CREATE TABLE posthog.groups (group_type_index INT, group_key VARCHAR)")
+    con.execute("INSERT INTO posthog.groups VALUES (0, 'a'), (1, 'a'), (0, 'b')")
+    if duplicate:
+        con.execute("INSERT INTO posthog.groups VALUES (0, 'a'), (2, NULL)")
+    con.close()
+    lake = LakeResource(lake_root=str(tmp_path / "lake"), duckdb_database=str(warehouse))
+    result = posthog_groups_unique_key(lake=lake)
+    assert result.passed is (not duplicate)
+    assert result.metadata["duplicates"].value == (1 if duplicate else 0)
+    assert result.metadata["null_keys"].value == (1 if duplicate else 0)
