@@ -258,6 +258,18 @@ def allowed_in(duration: float, windows: list[tuple[int, float]]) -> int:
         times.append(t)
 
 
+def min_span(n: int, windows: list[tuple[int, float]]) -> float:
+    """Least time from a client's first request to its n-th under sliding windows (greedy)."""
+    times: list[float] = []
+    while len(times) < n:
+        t = times[-1] if times else 0.0
+        for count, w in windows:
+            if len(times) >= count:
+                t = max(t, times[-count] + w)
+        times.append(t)
+    return times[-1] if times else 0.0
+
+
 def parse_windows(text: str) -> list[tuple[int, float]]:
     return [(int(c), float(w)) for c, w in (p.split("/") for p in text.split(","))]
 
@@ -357,8 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             windows = parse_windows(a.rate_limit)
             span = r["sim"]["last_ts"].get("api", 0) - r["sim"]["first_ts"].get("api", 0)
             allowed = allowed_in(span, windows)
+            need = min_span(r["sim"]["api_requests"], windows)
             r["rate"] = {"span_s": span, "api_requests": r["sim"]["api_requests"], "allowed_in_span": allowed,
                          "achieved_pct": 100.0 * r["sim"]["api_requests"] / allowed if allowed else 0.0,
+                         # the windows' own minimum time for this many requests, against ours
+                         "min_span_s": need, "time_efficiency_pct": 100.0 * need / span if span else 0.0,
                          "minimum": minimum_requests(a.rl_groups, a.types, a.rl_exports)}
             out["ratelimited"] = r
             save()
@@ -386,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     if "ratelimited" in out:
         rr = out["ratelimited"]["rate"]
         print(f"rate-limited: {rr['api_requests']} API requests in {rr['span_s']:.1f}s; allowed "
-              f"{rr['allowed_in_span']} -> {rr['achieved_pct']:.1f}% of the allowed rate; "
+              f"{rr['allowed_in_span']} -> {rr['achieved_pct']:.1f}% of the allowed rate; the windows "
+              f"need {rr['min_span_s']:.1f}s for {rr['api_requests']} requests -> "
+              f"{rr['time_efficiency_pct']:.1f}% time efficiency; "
               f"429s {out['ratelimited']['sim']['throttled_429']}; minimum {rr['minimum']['ours_minimum']} "
               f"for our tables ({rr['minimum']['api_minimum']} for the peer's); "
               f"wall {out['ratelimited']['wall_s']:.1f}s")
