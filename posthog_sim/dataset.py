@@ -515,17 +515,8 @@ class Dataset:
                 return dict(existing)
             if self._position_of_key(i, group_key) is not None:
                 raise ValueError(f"group {group_key!r} already exists in type {i}")
-            g: dict[str, Any] = {"group_type_index": i, "group_key": group_key,
-                                 "group_properties": dict(properties or {}), "created_at": iso_us(c)}
-            for f in omit_fields:
-                g.pop(f, None)
-            if extra_fields:
-                g.update(extra_fields)
-            g["_c"] = c
-            self._ov[i][group_key] = g
-            bisect.insort(self._ov_sorted[i], (c, group_key))
+            g = self._insert_raw(i, group_key, dict(properties or {}), c, extra_fields, omit_fields)
             self.version += 1
-            self._note_keys(i, properties or {})
             self._pv_cache.pop(i, None)
             return _public(g)
 
@@ -568,7 +559,9 @@ class Dataset:
             else:
                 d.setdefault(k, kind)
 
-    def _insert_raw(self, i, key, props, c, extra, omit):
+    def _insert_raw(self, i, key, props, c, extra, omit) -> dict[str, Any]:
+        """Put one group into the overlay (sorted by created_at, key); the caller holds the lock
+        or is still building the dataset."""
         g: dict[str, Any] = {"group_type_index": i, "group_key": key, "group_properties": props,
                              "created_at": iso_us(c)}
         for f in omit:
@@ -579,6 +572,7 @@ class Dataset:
         self._ov[i][key] = g
         bisect.insort(self._ov_sorted[i], (c, key))
         self._note_keys(i, props)
+        return g
 
     # ------------------------------------------------------------ listing
     def group_count(self, i: int) -> int:
