@@ -9,23 +9,17 @@ import dagster as dg
 
 from assets.exports import expiring_unarchived, posthog_export_contents, posthog_exports
 from assets.groups import posthog_groups
-from resources.lake import LakeResource
+from resources.lake import LakeResource, count_distinct_keys
 
 
 @dg.asset_check(asset=posthog_groups, blocking=True)
 def posthog_groups_unique_key(lake: LakeResource) -> dg.AssetCheckResult:
     """No two rows of posthog.groups share (group_type_index, group_key)."""
     store = lake.get_lake()
-    # distinct 64-bit hashes prove distinct keys in a fraction of the memory (a million keys:
-    # 16 MB of hashes, not 100 MB of strings); only when hashes collide are the keys compared
-    (rows, distinct, null_keys), = store.query(
-        "SELECT count(*), count(DISTINCT hash(group_type_index, group_key)), "
-        "count(*) FILTER (WHERE group_key IS NULL) FROM posthog.groups"
+    rows, distinct = count_distinct_keys(
+        lambda sql: store.query(sql)[0], "posthog.groups", "group_type_index, group_key"
     )
-    if distinct != rows:
-        (distinct,), = store.query(
-            "SELECT count(DISTINCT (group_type_index, group_key)) FROM posthog.groups"
-        )
+    (null_keys,), = store.query("SELECT count(*) FROM posthog.groups WHERE group_key IS NULL")
     return dg.AssetCheckResult(
         passed=rows == distinct and null_keys == 0,
         metadata={"rows": rows, "distinct_keys": distinct, "duplicates": rows - distinct,

@@ -45,7 +45,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -139,6 +139,22 @@ def release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere there is nothing to trim
     except (OSError, AttributeError):
         pass
+
+
+def count_distinct_keys(first_row: Callable[[str], tuple], source: str, key: str
+                        ) -> tuple[int, int]:
+    """(rows, distinct keys) of ``source`` (SQL after FROM), ``key`` a list of quoted columns;
+    ``first_row`` runs a query and returns its first row.
+
+    Distinct 64-bit hashes prove distinct keys in a fraction of the memory (a million keys:
+    16 MB of hashes, not 100 MB of strings); only a collision or a real duplicate makes it
+    compare the keys themselves.
+    """
+    total, hashes = first_row(f"SELECT count(*), count(DISTINCT hash({key})) FROM {source}")
+    if total == hashes:
+        return total, total
+    (distinct,) = first_row(f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM {source})")
+    return total, distinct
 
 
 def _fsync_dir(path: Path) -> None:
@@ -354,16 +370,9 @@ class SnapshotWriter:
             con.execute(f"SET temp_directory = {_literal(str(self.staging_dir / '.spill'))}")
             con.execute("SET memory_limit = '128MB'")
             con.execute("SET threads = 1")
-            # distinct 64-bit hashes prove distinct keys, in a fraction of the memory; only a
-            # hash collision or a real duplicate takes the exact (rewriting) path below
-            total, hashes = con.execute(
-                f"SELECT count(*), count(DISTINCT hash({key})) FROM read_parquet({files})"
-            ).fetchall()[0]
-            if total == hashes:
-                return
-            (distinct,) = con.execute(
-                f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM read_parquet({files}))"
-            ).fetchall()[0]
+            total, distinct = count_distinct_keys(
+                lambda sql: con.execute(sql).fetchall()[0], f"read_parquet({files})", key
+            )
             self.duplicates_dropped = total - distinct
             if total == distinct:
                 return
