@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -215,9 +216,14 @@ def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lak
     """What a landing asset works inside: the lake, the asset's own lock (one sync of it at a
     time, across processes; a second waits up to `config.lock_timeout_seconds`), and a client."""
     store = lake.get_lake()
+    # What the process holds before the step (Dagster, the imports: some 300k objects) is moved
+    # out of the collector's sight for the step: its full collections would otherwise walk all
+    # of it, again and again, while pages churn. The previous step's end collected already.
+    gc.freeze()
     try:
         with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
                 posthog.get_client(logger=context.log) as client:
             yield store, client
     finally:
+        gc.unfreeze()
         release_memory()
