@@ -661,6 +661,11 @@ def test_insert_group_overlay(sim_factory):
         assert r.status_code == 201 and ds.get_group(1, "posted")["group_properties"] == {"a": 1}
         r = c.post("/api/projects/1/groups/", json={"group_type_index": 1, "group_key": "posted"})
         assert r.status_code == 400 and r.json()["attr"] == "detail"
+        # DRF's strict JSON: NaN/Infinity in a body are a parse error, never stored
+        r = c.post("/api/projects/1/groups/", content=b'{"group_type_index": 1, "group_key": "nan", '
+                   b'"group_properties": {"x": NaN}}', headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["code"] == "parse_error" and "NaN" in r.json()["detail"]
+        assert ds.get_group(1, "nan") is None
 
 
 def test_legacy_modes(sim_factory):
@@ -755,3 +760,14 @@ def test_concurrent_property_value_requests_scan_the_groups_once(monkeypatch):
         results = list(pool.map(lambda _: ds.property_values(0, "industry"), range(8)))
     assert scans == [0]
     assert all(r == results[0] for r in results) and results[0]
+
+
+def test_dumps_writes_what_drf_json_writes():
+    from posthog_sim.server import dumps
+    values = [{"big": 2 ** 64 + 7, "u64": 2 ** 64 - 1, "small": [1e-05, 5e-07, 1e-10, 0.0001, -0.0, 1e16]},
+              {"sep": "line\u2028sep\u2029", "ctrl": "\x00\x1f", "emoji": "🧨"}, {1: "int key"}]
+    for v in values:
+        want = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        want = want.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        assert dumps(v) == want.encode()
+
