@@ -47,7 +47,7 @@ def dumps(obj: Any) -> bytes:
 
     orjson writes it (a page of groups in a third of json's time, so that a benchmark measures
     the tool, not the simulator); json writes whatever orjson would write differently:
-    integers beyond 64 bits, non-string keys, small floats. There is no NaN to write: DRF's
+    integers beyond 64 bits, non-string keys, small floats. There is no NaN to write: DRF's default
     strict JSON refuses it in request bodies (`loads_body`) as in responses.
     """
     try:
@@ -66,7 +66,7 @@ def _reject_constant(literal: str) -> float:
 
 
 def loads_body(raw: bytes) -> Any:
-    """DRF's JSONParser with STRICT_JSON (PostHog's setting): NaN/Infinity are a parse error."""
+    """DRF's JSONParser with STRICT_JSON, DRF's default: NaN/Infinity are a parse error."""
     return json.loads(raw, parse_constant=_reject_constant)
 
 
