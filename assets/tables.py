@@ -8,14 +8,13 @@ sync and is never lost.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pyarrow as pa
 
+from resources.jsontext import orjson_text
 from resources.lake import TableSpec
 
 TS = pa.timestamp("us", tz="UTC")
@@ -23,29 +22,20 @@ TS = pa.timestamp("us", tz="UTC")
 
 # One encoder for every row (json.dumps with options builds a new one per call).
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode
-# The only floats orjson spells differently: 1e-7 where json writes 1e-07 (1e-9 <= |x| < 1e-5),
-# 0.00001 where json writes 1e-05 (1e-5 <= |x| < 1e-4). Measured over 2M random doubles.
-_SPELLED_DIFFERENTLY = re.compile(rb"[0-9]e-[1-9](?![0-9])|0\.0000")
 
 
 def to_json(value: Any) -> str | None:
     """Serialise a JSON value exactly (big integers, unicode) or None for JSON null.
 
     The text is what `json.dumps(value, ensure_ascii=False, separators=(",", ":"))` gives, made
-    by orjson (a third of the time; a million groups' properties cost 2 s, not 6). Whatever
-    orjson cannot write exactly it refuses, and json writes it: integers beyond 64 bits, lone
-    surrogates, nesting deeper than 255, and NaN/Infinity, which the client decodes as
-    `NonFiniteFloat` for this reason (orjson would write a plain float NaN as null).
+    by orjson where it writes the same (`resources.jsontext`; a million groups' properties cost
+    2 s, not 6) and by json elsewhere: integers beyond 64 bits, a few small floats, and NaN or
+    Infinity, which the client decodes as `NonFiniteFloat` so that orjson refuses them.
     """
     if value is None:
         return None
-    try:
-        text = orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return _ENCODE(value)
-    if (b"e-" in text or b"0.0000" in text) and _SPELLED_DIFFERENTLY.search(text):
-        return _ENCODE(value)
-    return text.decode()
+    text = orjson_text(value)
+    return text.decode() if text is not None else _ENCODE(value)
 
 
 def parse_ts(value: Any) -> datetime | None:

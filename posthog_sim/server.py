@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-import orjson
+from resources.jsontext import orjson_text
 
 from . import content as C
 from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
@@ -38,10 +38,6 @@ SIM_STATS_PATH = "/_sim/stats"
 
 
 # ====================================================================== helpers
-# floats orjson spells differently from json (1e-7 for 1e-07, 0.00001 for 1e-05)
-_SPELLED_DIFFERENTLY = re.compile(rb"[0-9]e-[1-9](?![0-9])|0\.0000")
-
-
 def dumps(obj: Any) -> bytes:
     """DRF JSONRenderer: compact, unicode, with U+2028/2029 escaped.
 
@@ -50,11 +46,8 @@ def dumps(obj: Any) -> bytes:
     integers beyond 64 bits, non-string keys, small floats. There is no NaN to write: DRF's default
     strict JSON refuses it in request bodies (`loads_body`) as in responses.
     """
-    try:
-        b = orjson.dumps(obj)
-    except TypeError:
-        b = None
-    if b is None or ((b"e-" in b or b"0.0000" in b) and _SPELLED_DIFFERENTLY.search(b)):
+    b = orjson_text(obj)
+    if b is None:
         b = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if b"\xe2\x80\xa8" in b or b"\xe2\x80\xa9" in b:
         b = b.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")

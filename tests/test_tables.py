@@ -40,6 +40,8 @@ def test_to_json_matches_json_on_random_doubles() -> None:
         floats.append(float(f"{rng.randint(1, 9)}.{rng.getrandbits(30)}e{rng.randint(-12, 20)}"))
     for f in floats:
         assert to_json([f]) == _reference([f])
+        assert to_json(f) == _reference(f)
+        assert to_json({"k": f, "s": "5e-4a 0.00001"}) == _reference({"k": f, "s": "5e-4a 0.00001"})
 
 
 def test_nan_and_infinity_from_the_api_stay_in_the_json_text() -> None:

@@ -1,0 +1,66 @@
+"""JSON text at orjson's speed, spelled exactly as the stdlib's json spells it.
+
+`json.dumps(value, ensure_ascii=False, separators=(",", ":"))` is what PostHog's API (DRF)
+writes and what the warehouse's JSON columns hold. orjson writes the same text about ten times
+faster, except where it refuses (integers beyond 64 bits, non-string keys, lone surrogates,
+nesting deeper than 255), where it writes NaN and Infinity as null, and for a few floats:
+`1e-7` where json writes `1e-07` (1e-9 <= |x| < 1e-5) and `0.00001` where json writes `1e-05`
+(1e-5 <= |x| < 1e-4); measured over two million random doubles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# where one of those floats can be: `e-` then one digit, or `0.0000` (json never writes that)
+_DIGITS = frozenset(b"0123456789")
+_MANTISSA = frozenset(b"0123456789.")
+_BEFORE_NUMBER = frozenset(b":,[")
+_MINUS = ord("-")
+_ZERO = ord("0")
+
+
+def orjson_text(value: Any) -> bytes | None:
+    """orjson's text for `value` when it is exactly json's; None when json must write it.
+
+    The caller must know `value` holds no NaN or Infinity (orjson would write null): the API
+    client marks them as a float subclass, which orjson refuses.
+    """
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+    if (b"e-" in text or b"0.0000" in text) and _spelled_differently(text):
+        return None
+    return text
+
+
+def _spelled_differently(text: bytes) -> bool:
+    """True if a number token (not text inside a string) is one orjson spells its own way."""
+    # bytes.find, not re: a page of groups is 64 KB and re walks it 5x slower
+    end = len(text)
+    start = text.find(b"e-")
+    while start >= 0:
+        i = start
+        if start + 3 <= end and text[start + 2] in _DIGITS and text[start + 2] != _ZERO and (
+                start + 3 == end or text[start + 3] not in _DIGITS):
+            while i > 0 and text[i - 1] in _MANTISSA:  # the mantissa: digits and a point
+                i -= 1
+            if i < start and _starts_number(text, i):
+                return True
+        start = text.find(b"e-", start + 2)
+    start = text.find(b"0.0000")
+    while start >= 0:
+        if _starts_number(text, start):
+            return True
+        start = text.find(b"0.0000", start + 6)
+    return False
+
+
+def _starts_number(text: bytes, i: int) -> bool:
+    """Whether a number token starts at `i` (or at a minus sign just before it)."""
+    if i > 0 and text[i - 1] == _MINUS:
+        i -= 1
+    return i == 0 or text[i - 1] in _BEFORE_NUMBER
