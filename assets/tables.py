@@ -7,35 +7,29 @@ sync and is never lost.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
-from resources.jsontext import orjson_text
+from resources import jsontext
 from resources.lake import TableSpec
 
 TS = pa.timestamp("us", tz="UTC")
-
-
-# One encoder for every row (json.dumps with options builds a new one per call).
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode
 
 
 def to_json(value: Any) -> str | None:
     """Serialise a JSON value exactly (big integers, unicode) or None for JSON null.
 
     The text is what `json.dumps(value, ensure_ascii=False, separators=(",", ":"))` gives, made
-    by orjson where it writes the same (`resources.jsontext`; a million groups' properties cost
-    2 s, not 6) and by json elsewhere: integers beyond 64 bits, a few small floats, and NaN or
-    Infinity, which the client decodes as `NonFiniteFloat` so that orjson refuses them.
+    by orjson where it writes the same (`resources.jsontext`) and by json elsewhere: integers
+    beyond 64 bits, a few small floats, and NaN or Infinity (which the client reads as
+    `jsontext.NonFiniteFloat`).
     """
     if value is None:
         return None
-    text = orjson_text(value)
-    return text.decode() if text is not None else _ENCODE(value)
+    return jsontext.dumps(value)
 
 
 def parse_ts(value: Any) -> datetime | None:

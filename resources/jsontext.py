@@ -1,15 +1,17 @@
-"""JSON text at orjson's speed, spelled exactly as the stdlib's json spells it.
+"""JSON read exactly, and written at orjson's speed but spelled exactly as the stdlib's json.
 
 `json.dumps(value, ensure_ascii=False, separators=(",", ":"))` is what PostHog's API (DRF)
-writes and what the warehouse's JSON columns hold. orjson writes the same text about ten times
-faster, except where it refuses (integers beyond 64 bits, non-string keys, lone surrogates,
-nesting deeper than 255), where it writes NaN and Infinity as null, and for a few floats:
+writes and what the warehouse's JSON columns hold. orjson writes the same text several times
+faster (a million groups' properties: 3 s, not 6), except where it refuses (integers beyond 64
+bits, non-string keys, lone surrogates, nesting deeper than 255), where it writes NaN and
+Infinity as null, and for a few floats:
 `1e-7` where json writes `1e-07` (1e-9 <= |x| < 1e-5) and `0.00001` where json writes `1e-05`
 (1e-5 <= |x| < 1e-4); measured over two million random doubles.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -22,19 +24,39 @@ _MINUS = ord("-")
 _ZERO = ord("0")
 
 
-def orjson_text(value: Any) -> bytes | None:
-    """orjson's text for `value` when it is exactly json's; None when json must write it.
+class NonFiniteFloat(float):
+    """NaN or +-Infinity as a body held them (Python's json reads them; a non-strict server
+    writes them). A float subclass, so it compares and computes like the float; orjson refuses
+    it, so `dumps` writes it as json does instead of as orjson's null."""
 
-    The caller must know `value` holds no NaN or Infinity (orjson would write null): the API
-    client marks them as a float subclass, which orjson refuses.
+
+def _non_finite(literal: str) -> NonFiniteFloat:
+    return NonFiniteFloat(literal)
+
+
+def loads(content: bytes) -> Any:
+    """json's exact reading (big integers stay integers), NaN/Infinity as `NonFiniteFloat`."""
+    return json.loads(content, parse_constant=_non_finite)
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode
+_JSON_STRICT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(value: Any, *, allow_nan: bool = True) -> str:
+    """`json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=...)`, written by
+    orjson wherever it writes exactly that, by json elsewhere.
+
+    NaN and Infinity must come as `NonFiniteFloat` (what `loads` makes): a plain float NaN
+    would be written by orjson, as null.
     """
     try:
         text = orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return None
-    if (b"e-" in text or b"0.0000" in text) and _spelled_differently(text):
-        return None
-    return text
+        text = None
+    if text is None or ((b"e-" in text or b"0.0000" in text) and _spelled_differently(text)):
+        return (_JSON if allow_nan else _JSON_STRICT)(value)
+    return text.decode()
 
 
 def _spelled_differently(text: bytes) -> bool:

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlencode
 import httpx
 from tenacity import RetryCallState, Retrying, stop_after_attempt
 
+from resources import jsontext
 from resources.budget import RequestBudget
 from resources.errors import (
     PostHogAPIError,
@@ -58,25 +59,6 @@ _ENDPOINT_MISSING = "Endpoint not found."
 _PROJECT_ID_RE = re.compile(r"[1-9][0-9]*")
 _PROJECT_PATH_RE = re.compile(r"^/api/(projects|environments)/(@current|[0-9]+)/(.*)$")
 _KEY_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no whitespace: safe in a header
-
-
-class NonFiniteFloat(float):
-    """NaN or +-Infinity as the API sent it (Python's json reads them; DRF can write them).
-
-    A float subclass, so it compares and computes like the float; it is marked so that the
-    warehouse's JSON text keeps it (`assets.tables.to_json`), where a plain NaN would be written
-    as null by the fast encoder.
-    """
-
-
-def _non_finite(literal: str) -> NonFiniteFloat:
-    return NonFiniteFloat(literal)
-
-
-def decode_json(content: bytes) -> Any:
-    """An API body as Python values: json's exact reading (big integers stay integers), with
-    NaN/Infinity marked as `NonFiniteFloat`."""
-    return json.loads(content, parse_constant=_non_finite)
 
 
 def normalize_host(host: str) -> str:
@@ -627,7 +609,7 @@ class PostHogClient:
                 self._log.debug("%s %s -> %d", call.method, call.path, status)
                 return _Outcome(status=status)
             try:
-                value = decode_json(response.content)
+                value = jsontext.loads(response.content)
             except ValueError:
                 what = "an empty" if not response.content else "an invalid JSON"
                 return _Outcome(
