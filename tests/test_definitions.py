@@ -3,7 +3,11 @@ schedules and the sensor behave."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -119,3 +123,19 @@ def test_requested_exports_schedule_reads_its_yaml_file(tmp_path, monkeypatch):
     with pytest.raises(dg.DagsterError) as raised:
         schedule.evaluate_tick(dg.build_schedule_context())
     assert "expected a list of requests" in str(raised.value.__cause__)
+
+
+def test_run_process_uses_malloc_for_arrow_and_loads_no_pyarrow_dataset():
+    """What keeps a run's memory down (README, Performance): Arrow allocates from malloc, which
+    each step's end trims, and pyarrow.dataset (16 MB, and pandas with it where installed) is
+    never imported."""
+    code = (
+        "import sys, pipelines.definitions, pyarrow as pa\n"
+        "from resources.lake import Lake\n"
+        "pa.array([1, 2])\n"
+        "print(pa.default_memory_pool().backend_name, 'pyarrow.dataset' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["system", "False"]
