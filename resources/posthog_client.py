@@ -52,6 +52,8 @@ USER_AGENT = "posthog-pipeline/0.1"
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECT_HOPS = 3
+# a redirect body up to this size is read so its connection can be reused
+_SMALL_BODY = 64 * 1024
 _CHUNK_BYTES = 64 * 1024
 _MAX_EMPTY_PAGES = 10
 _PROPERTY_DEFINITIONS_LIMIT = 500
@@ -637,7 +639,7 @@ class PostHogClient:
             hops = 0
             while response.status_code in _REDIRECT_STATUSES:
                 location = response.headers.get("Location", "")
-                response.close()
+                _release(response)
                 hops += 1
                 target = _storage_target(location)
                 if target is None or hops > _MAX_REDIRECT_HOPS:
@@ -993,6 +995,19 @@ def _bad_location_outcome(call: _Call) -> _Outcome:
             "check POSTHOG_HOST points at PostHog (or its storage configuration)."
         )
     )
+
+
+def _release(response: httpx.Response) -> None:
+    """Close a redirect. Its body (empty, from PostHog) is read first when it is small, so the
+    connection goes back to the pool: closed unread, it is dropped, and every download opened
+    a new connection to PostHog."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) <= _SMALL_BODY:
+        try:
+            response.read()
+        except httpx.HTTPError:
+            pass  # the redirect is what counts; the connection is dropped, as before
+    response.close()
 
 
 def _storage_target(location: str) -> httpx.URL | None:

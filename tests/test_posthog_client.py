@@ -1219,3 +1219,31 @@ def test_client_obeys_a_long_retry_after_from_the_hourly_window():
                            transport=httpx.MockTransport(handler), sleep=delays.append)
     assert client.list_group_types() == []
     assert delays == [1800.0]
+
+
+def test_a_small_redirect_body_is_read_so_its_connection_is_reused():
+    """A 302 closed unread drops its connection; read (it is empty from PostHog), the connection
+    goes back to the pool. A large one is not read: the redirect is all that counts."""
+    from resources.posthog_client import _release
+
+    seen: list[str] = []
+
+    class Body(httpx.SyncByteStream):
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def __iter__(self):
+            seen.append(f"read {self.size}")
+            yield b"x" * self.size
+
+        def close(self) -> None:
+            seen.append("closed")
+
+    for size in (0, 64 * 1024 + 1):
+        with httpx.Client(transport=httpx.MockTransport(lambda request, size=size: httpx.Response(
+                302, headers={"Location": "https://storage.test/f", "Content-Length": str(size)},
+                stream=Body(size)))) as client:
+            response = client.send(client.build_request("GET", "https://app.test/x"), stream=True)
+            _release(response)
+            assert response.is_closed
+    assert seen == ["read 0", "closed", "closed"]
