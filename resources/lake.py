@@ -46,7 +46,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -140,24 +140,30 @@ def release_memory() -> None:
         pass
 
 
-def _read_parquet_files(files: Sequence[Path], schema: pa.Schema, columns: list[str] | None
-                       ) -> pa.Table:
-    """The files as one table of `schema` (a column a file lacks is null), `columns` only.
+def _read_parquet_files(files: Sequence[Path], known: pa.Schema | None,
+                        columns: list[str] | None) -> pa.Table:
+    """The files as one table, `columns` only. Its schema is the files' schemas unified, after
+    `known` (the table's spec) when given; a column a file lacks is null there.
 
-    Read file by file with ParquetFile, not through pyarrow.dataset: importing pyarrow.dataset
-    costs every run process 16 MB, and imports pandas (50 MB more) wherever it is installed."""
-    wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
-    tables = []
-    for path in files:
-        with pq.ParquetFile(path) as parquet:
+    Each file is opened once, for its schema and its rows. With ParquetFile, not through
+    pyarrow.dataset: importing pyarrow.dataset costs every run process 16 MB, and imports pandas
+    (50 MB more) wherever it is installed."""
+    with ExitStack() as stack:
+        parquets = [stack.enter_context(pq.ParquetFile(path)) for path in files]
+        schema = pa.unify_schemas([parquet.schema_arrow for parquet in parquets])
+        if known is not None:
+            schema = pa.unify_schemas([known, schema])
+        wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        tables = []
+        for parquet in parquets:
             present = set(parquet.schema_arrow.names)
             table = parquet.read(columns=[c for c in wanted.names if c in present])
-        tables.append(pa.table(
-            [table.column(f.name).cast(f.type) if f.name in present
-             else pa.nulls(table.num_rows, f.type) for f in wanted],
-            schema=wanted,
-        ))
-    return pa.concat_tables(tables) if tables else wanted.empty_table()
+            tables.append(pa.table(
+                [table.column(f.name).cast(f.type) if f.name in present
+                 else pa.nulls(table.num_rows, f.type) for f in wanted],
+                schema=wanted,
+            ))
+    return pa.concat_tables(tables)
 
 
 def count_distinct_keys(first_row: Callable[[str], tuple], source: str, key: str
@@ -1062,10 +1068,8 @@ class Lake:
                 empty = spec.full_schema.empty_table()
                 return empty.select(columns) if columns is not None else empty
             try:
-                schema = pa.unify_schemas([pq.read_schema(f) for f in files])
-                if spec is not None:
-                    schema = pa.unify_schemas([spec.full_schema, schema])
-                return _read_parquet_files(files, schema, columns)
+                return _read_parquet_files(
+                    files, spec.full_schema if spec is not None else None, columns)
             except FileNotFoundError:
                 # A concurrent publish replaced the snapshot and collected these files.
                 if attempt == 2:
