@@ -99,6 +99,9 @@ def verify_exact(sim: Any, lake_root: Path, database: Path) -> Counts:
                 want_props = g.get("group_properties")
                 assert json.loads(props) == (want_props if want_props is not None else {}), (
                     f"group {key!r}: properties differ")
+                assert props == json.dumps(want_props if want_props is not None else {},
+                                           ensure_ascii=False, separators=(",", ":")), (
+                    f"group {key!r}: properties are not json's text")
                 assert created == _ts(g.get("created_at")), f"group {key!r}: created_at differs"
                 want_extra = _extra_of(g, _GROUP_FIELDS)
                 if want_extra is not None:

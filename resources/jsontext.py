@@ -59,6 +59,27 @@ def dumps(value: Any, *, allow_nan: bool = True) -> str:
     return text.decode()
 
 
+def is_canonical(content: bytes) -> bool:
+    """Whether `content` is JSON exactly as `dumps(loads(content))` writes it: compact, UTF-8,
+    json's escapes and number spellings, no duplicate keys, no NaN.
+
+    PostHog's API (DRF) writes its bodies that way. When a body is canonical, so is every value
+    inside it (json writes a container as its members' text joined by "," and ":"), so a slice
+    of it that holds one value is already the warehouse's JSON text for that value. The check
+    is orjson's reading written back by orjson, equal byte for byte: orjson refuses what json
+    reads differently (NaN, lone surrogates) or reads it as a different value (an integer beyond
+    64 bits becomes a float, which is written back as other text); then the few floats orjson
+    spells its own way.
+    """
+    try:
+        text = orjson.dumps(orjson.loads(content))
+    except (orjson.JSONDecodeError, TypeError):  # orjson.JSONEncodeError is a TypeError
+        return False
+    if text != content:
+        return False
+    return not ((b"e-" in content or b"0.0000" in content) and _spelled_differently(content))
+
+
 def _spelled_differently(text: bytes) -> bool:
     """True if a number token (not text inside a string) is one orjson spells its own way."""
     # bytes.find, not re: a page of groups is 64 KB and re walks it 5x slower

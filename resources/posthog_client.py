@@ -21,6 +21,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import httpx
+import msgspec
 from tenacity import RetryCallState, Retrying, stop_after_attempt
 
 from resources import jsontext
@@ -41,6 +42,7 @@ __all__ = [
     "ClientStats",
     "ContentDownload",
     "PostHogClient",
+    "RawGroup",
     "normalize_host",
     "validate_api_key",
     "validate_project_id",
@@ -61,6 +63,49 @@ _ENDPOINT_MISSING = "Endpoint not found."
 _PROJECT_ID_RE = re.compile(r"[1-9][0-9]*")
 _PROJECT_PATH_RE = re.compile(r"^/api/(projects|environments)/(@current|[0-9]+)/(.*)$")
 _KEY_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no whitespace: safe in a header
+
+
+class RawGroup(msgspec.Struct, forbid_unknown_fields=True):
+    """A group as groups/ lists it, its properties kept as the JSON text the page held.
+
+    Only from a page that `jsontext.is_canonical` accepts, so `group_properties` is exactly the
+    text `json.dumps(properties, ensure_ascii=False, separators=(",", ":"))` writes.
+    """
+
+    group_type_index: int
+    group_key: str
+    group_properties: msgspec.Raw
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The group as `jsontext.loads` would have read it."""
+        return {
+            "group_type_index": self.group_type_index,
+            "group_key": self.group_key,
+            "group_properties": jsontext.loads(bytes(self.group_properties)),
+            "created_at": self.created_at,
+        }
+
+
+class _RawGroupsPage(msgspec.Struct):  # other envelope fields (previous, count) are not needed
+    results: list[RawGroup]
+    next: str | None = None
+
+
+_RAW_GROUPS_PAGE = msgspec.json.Decoder(_RawGroupsPage)
+
+
+def _decode_groups_page(content: bytes) -> Any:
+    """A groups page whose items are `RawGroup`s when every item has exactly the four fields,
+    typed as PostHog types them, non-null properties, and the page is canonical JSON; anything
+    else as `jsontext.loads` reads it (a list of dicts), so nothing unusual is lost or altered."""
+    try:
+        page = _RAW_GROUPS_PAGE.decode(content)
+    except msgspec.MsgspecError:  # not that shape (or not JSON: jsontext.loads says so below)
+        return jsontext.loads(content)
+    if b'"group_properties":null' in content or not jsontext.is_canonical(content):
+        return jsontext.loads(content)
+    return {"next": page.next, "results": page.results}
 
 
 def normalize_host(host: str) -> str:
@@ -297,11 +342,19 @@ class PostHogClient:
         self.stats.add(pages=1, items=len(body))
         return body
 
-    def iter_group_pages(self, *, group_type_index: int) -> Iterator[list[dict]]:
-        """GET groups/?group_type_index=N, following the keyset `next` links page by page."""
+    def iter_group_pages(
+        self, *, group_type_index: int, raw_properties: bool = False
+    ) -> Iterator[list[dict]] | Iterator[list[dict] | list[RawGroup]]:
+        """GET groups/?group_type_index=N, following the keyset `next` links page by page.
+
+        With `raw_properties`, a page PostHog wrote plainly (the usual case) comes as a list of
+        `RawGroup`: the properties stay the JSON text the page held, never decoded into dicts
+        and encoded again. Any other page still comes as a list of dicts.
+        """
         index = _check_index(group_type_index)
         return self._iter_pages(
-            "groups/", {"group_type_index": index}, shape="keyset", endpoint="groups/"
+            "groups/", {"group_type_index": index}, shape="keyset", endpoint="groups/",
+            decode=_decode_groups_page if raw_properties else jsontext.loads,
         )
 
     def iter_groups(self, *, group_type_index: int) -> Iterator[dict]:
@@ -495,10 +548,14 @@ class PostHogClient:
         timeout: httpx.Timeout | None = None,
         idempotent: bool = True,
         expect_json: bool = True,
+        decode: Callable[[bytes], Any] = jsontext.loads,
     ) -> Any:
         call = _Call(method, path, endpoint, idempotent=idempotent)
         return self._run(
-            call, lambda: self._attempt_json(call, json_body, timeout, expect_json=expect_json)
+            call,
+            lambda: self._attempt_json(
+                call, json_body, timeout, expect_json=expect_json, decode=decode
+            ),
         )
 
     def _run(self, call: _Call, attempt: Callable[[], _Outcome]) -> Any:
@@ -586,7 +643,13 @@ class PostHogClient:
             self._log.debug("waited %.2fs for the shared request budget", waited)
 
     def _attempt_json(
-        self, call: _Call, json_body: Any, timeout: httpx.Timeout | None, *, expect_json: bool
+        self,
+        call: _Call,
+        json_body: Any,
+        timeout: httpx.Timeout | None,
+        *,
+        expect_json: bool,
+        decode: Callable[[bytes], Any] = jsontext.loads,
     ) -> _Outcome:
         call.attempts += 1
         self._wait_for_budget()
@@ -611,7 +674,7 @@ class PostHogClient:
                 self._log.debug("%s %s -> %d", call.method, call.path, status)
                 return _Outcome(status=status)
             try:
-                value = jsontext.loads(response.content)
+                value = decode(response.content)
             except ValueError:
                 what = "an empty" if not response.content else "an invalid JSON"
                 return _Outcome(
@@ -841,7 +904,8 @@ class PostHogClient:
         *,
         shape: Literal["keyset", "offset"],
         endpoint: str,
-    ) -> Iterator[list[dict]]:
+        decode: Callable[[bytes], Any] = jsontext.loads,
+    ) -> Iterator[list]:
         path = self._path(rel, dict(params))
         seen = {path}
         seen_cursors: set[str] = set()
@@ -851,7 +915,7 @@ class PostHogClient:
         empty_streak = 0
         warned_rebase = False
         while True:
-            body = self._call("GET", path, endpoint=endpoint)
+            body = self._call("GET", path, endpoint=endpoint, decode=decode)
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PostHogPaginationError(
                     f"GET {path} returned {type(body).__name__} without a 'results' array; "

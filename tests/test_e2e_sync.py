@@ -60,6 +60,12 @@ def assert_warehouse_equals_simulator(env) -> None:
     for key, group in expected.items():
         assert landed[key]["group_properties"] == group["group_properties"], key
         assert landed[key]["created_at"] == _parse_ts(group["created_at"]), key
+    # and as text, exactly what json writes (most pages keep the page's own text, see RawGroup)
+    texts = dict(((i, k), p) for i, k, p in env.query(
+        "SELECT group_type_index, group_key, group_properties::VARCHAR FROM posthog.groups"))
+    for key, group in expected.items():
+        assert texts[key] == json.dumps(group.get("group_properties") or {}, ensure_ascii=False,
+                                        separators=(",", ":")), key
 
     # exports metadata: every visible export, every contract field
     exports = {

@@ -52,3 +52,119 @@ def test_nan_and_infinity_from_the_api_stay_in_the_json_text() -> None:
     assert math.isnan(obj["group_properties"]["a"])
     row = group_row(obj, "company")
     assert row["group_properties"] == '{"a":NaN,"b":-Infinity,"c":[Infinity]}'
+
+
+# --- the fast path for groups pages: properties kept as the page's own text -------------------
+
+_PLAIN_GROUP = (
+    b'{"group_type_index":0,"group_key":"k1","group_properties":{"name":"Acme \xc3\xa9","n":1,'
+    b'"big":18446744073709551615,"f":0.5,"tags":["a","b"],"o":{"x":null}},'
+    b'"created_at":"2026-01-31T12:00:00.123456Z"}'
+)
+
+
+def _page(*groups: bytes, next_link: bytes = b"null") -> bytes:
+    return b'{"next":' + next_link + b',"previous":null,"results":[' + b",".join(groups) + b"]}"
+
+
+def test_is_canonical_accepts_only_what_json_writes_back_byte_for_byte() -> None:
+    from resources.jsontext import is_canonical
+
+    assert is_canonical(_page(_PLAIN_GROUP))
+    assert is_canonical(b'{"a":[1e+16,-0.0,0.0001,1e-300,"e-5 0.00001"],"b":"\\n\\"\xe2\x80\xa8"}')
+    not_canonical = [
+        b'{"a": 1}',  # whitespace
+        b'{"a":"\\u00e9"}',  # an escape json does not write (it writes the character)
+        b'{"a":"\\/"}',
+        b'{"a":1E5}', b'{"a":1.50}', b'{"a":1e-7}', b'{"a":0.00001}',  # spellings json does not use
+        b'{"a":"\\ud800"}',  # json reads a lone surrogate, orjson refuses it
+        b'{"a":1,"a":2}',  # duplicate key
+    ]
+    for text in not_canonical:
+        assert not is_canonical(text), text
+        assert jsontext.dumps(jsontext.loads(text)).encode("utf-8", "surrogatepass") != text
+    # json's own text, refused all the same (read the slow way): orjson reads an integer beyond
+    # 64 bits as a float, spells these floats its own way, and refuses NaN (not JSON)
+    for text in (b'{"a":18446744073709551616}', b'[1e-05]', b'[1e-07]', b'{"a":NaN}'):
+        assert jsontext.dumps(jsontext.loads(text)).encode() == text
+        assert not is_canonical(text), text
+    for text in (b'{"a":1', b"", b"[1,]"):
+        assert not is_canonical(text), text
+
+
+def test_groups_page_decodes_plain_pages_to_raw_groups_and_anything_else_to_dicts() -> None:
+    from resources.posthog_client import RawGroup, _decode_groups_page
+
+    page = _decode_groups_page(_page(_PLAIN_GROUP, next_link=b'"http://h/next"'))
+    assert page["next"] == "http://h/next"
+    [group] = page["results"]
+    assert isinstance(group, RawGroup)
+    assert bytes(group.group_properties) == _PLAIN_GROUP.split(b'"group_properties":')[1].split(
+        b',"created_at"')[0]
+    assert group.as_dict() == jsontext.loads(_PLAIN_GROUP)
+
+    unusual = [
+        _PLAIN_GROUP.replace(b'"n":1', b'"n": 1'),  # not canonical
+        _PLAIN_GROUP.replace(b'"n":1', b'"n":NaN'),
+        _PLAIN_GROUP.replace(b'"n":1', b'"n":123456789012345678901234567890'),
+        _PLAIN_GROUP.replace(b'"n":1', b'"n":1e-7'),
+        _PLAIN_GROUP.replace(b'{"name"', b'null,"x":{"name"', 1).replace(b',"x":', b',"y":'),
+        _PLAIN_GROUP.replace(b'"created_at"', b'"new_field":1,"created_at"'),  # goes to extra
+        _PLAIN_GROUP.replace(b',"created_at":"2026-01-31T12:00:00.123456Z"', b""),
+        _PLAIN_GROUP.replace(b'"k1"', b"7"),  # a key that is not a string
+        _PLAIN_GROUP.replace(b'"group_type_index":0', b'"group_type_index":true'),
+        _PLAIN_GROUP.replace(b'"created_at":"2026-01-31T12:00:00.123456Z"', b'"created_at":null'),
+    ]
+    for body in unusual:
+        text = _page(body)
+        decoded = _decode_groups_page(text)
+        assert all(isinstance(g, dict) for g in decoded["results"]), body
+        assert jsontext.dumps(decoded) == jsontext.dumps(jsontext.loads(text))  # NaN != NaN
+    null_properties = _page(_PLAIN_GROUP.split(b'"group_properties":')[0]
+                            + b'"group_properties":null,"created_at":"2026-01-31T12:00:00Z"}')
+    assert isinstance(_decode_groups_page(null_properties)["results"][0], dict)
+    assert _decode_groups_page(b'{"results":[],"next":null}') == {"next": None, "results": []}
+    for broken in (b"", b'{"trunc', b"nan"):
+        try:
+            _decode_groups_page(broken)
+        except ValueError:
+            continue
+        raise AssertionError(f"{broken!r} was read")
+
+
+def test_group_columns_make_the_rows_group_row_makes() -> None:
+    import pyarrow as pa
+
+    from assets.tables import GROUPS, GroupColumns
+    from resources.posthog_client import _decode_groups_page
+
+    stamps = [
+        "2026-01-31T12:00:00.123456Z", "2026-01-31T12:00:00Z", "2026-01-31T12:00:00.5Z",
+        "2026-01-31T12:00:00.120Z", "2024-02-29T23:59:59.999999Z", "1970-01-01T00:00:00Z",
+    ]
+    odd = ["2026-02-30T00:00:00Z", "2026-01-31T12:00:60Z", "2026-01-31T12:00:00+02:00",
+           "2026-01-31 12:00:00Z", "yesterday", "", "2026-01-31T12:00:00.1234567Z"]
+    group_types = ["company", None]
+
+    def page(stamp_list: list[str]) -> bytes:
+        return _page(*[
+            _PLAIN_GROUP.replace(b'"k1"', f'"k{n}"'.encode()).replace(
+                b"2026-01-31T12:00:00.123456Z", stamp.encode())
+            for n, stamp in enumerate(stamp_list)
+        ])
+
+    for stamp_list in (stamps, stamps + odd):
+        for group_type in group_types:
+            text = page(stamp_list)
+            raw = _decode_groups_page(text)["results"]
+            columns = GroupColumns()
+            columns.add(raw[:3], group_type)
+            columns.add(raw[3:], group_type)
+            assert len(columns) == len(stamp_list)
+            batch = columns.take()
+            assert len(columns) == 0
+            expected = pa.RecordBatch.from_pylist(
+                [group_row(g, group_type) for g in jsontext.loads(text)["results"]],
+                schema=GROUPS.schema,
+            )
+            assert batch.equals(expected), (batch.to_pylist(), expected.to_pylist())
