@@ -9,6 +9,8 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 CSV_FORMAT = "text/csv"
 XLSX_FORMAT = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 TABULAR_FORMATS = frozenset({CSV_FORMAT, XLSX_FORMAT})
@@ -35,23 +37,34 @@ def unique_header(header: Sequence[str]) -> list[str]:
 def _as_json_objects(rows: Iterator[list[str | None]]) -> Iterator[str]:
     """Each data row as the text of a JSON object (column name -> cell text, header order).
 
-    Built from the cells directly (the same text `json.dumps(dict, separators=(",", ":"),
-    ensure_ascii=False)` gives): a CSV export can hold 300k rows, and dicts plus a generic
-    encoder per row cost several times more.
+    The same text `json.dumps(dict, separators=(",", ":"), ensure_ascii=False)` gives, written
+    by orjson (a CSV export can hold 300k rows; orjson escapes strings exactly as json does, and
+    the cells are only strings and None). Where orjson refuses (a lone surrogate, which no
+    UTF-8 file can hold) the row is built from the cells with json's own string encoder.
     """
     try:
         header = unique_header([c or "" for c in next(rows)])
     except StopIteration:
         return
     keys = [encode_basestring(name) + ":" for name in header]
+    width = len(header)
+    dumps = orjson.dumps
     for cells in rows:
-        if len(cells) > len(keys):
+        if len(cells) > width:
             # a ragged row: keep the surplus cells under positional names rather than drop them
-            header = unique_header(header + [f"column_{i + 1}" for i in range(len(header), len(cells))])
+            header = unique_header(header + [f"column_{i + 1}" for i in range(width, len(cells))])
             keys = [encode_basestring(name) + ":" for name in header]
-        parts = [k + ("null" if c is None else encode_basestring(c)) for k, c in zip(keys, cells)]
-        parts.extend(k + "null" for k in keys[len(cells):])
-        yield "{" + ",".join(parts) + "}"
+            width = len(header)
+        try:
+            if len(cells) < width:
+                yield dumps(dict(zip(header, cells + [None] * (width - len(cells))))).decode()
+            else:
+                yield dumps(dict(zip(header, cells))).decode()
+        except TypeError:  # orjson.JSONEncodeError
+            parts = [k + ("null" if c is None else encode_basestring(c))
+                     for k, c in zip(keys, cells)]
+            parts.extend(k + "null" for k in keys[len(cells):])
+            yield "{" + ",".join(parts) + "}"
 
 
 def _csv_rows(path: Path) -> Iterator[list[str | None]]:

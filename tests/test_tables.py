@@ -168,3 +168,25 @@ def test_group_columns_make_the_rows_group_row_makes() -> None:
                 schema=GROUPS.schema,
             )
             assert batch.equals(expected), (batch.to_pylist(), expected.to_pylist())
+
+
+def test_tabular_rows_are_json_text_exactly_as_json_writes_them() -> None:
+    from assets.tabular import _as_json_objects
+
+    rows = [
+        ["a", "b", "a", ""],
+        ["1", "x\ny", "q\"uote", "\x00\x1f\x7f\u2028🧨"],
+        ["short"],  # missing cells are null
+        ["1", "2", "3", "4", "5", "6"],  # surplus cells get positional names
+        ["1", None, "3"],  # an XLSX cell without a value
+        ["lone \ud800 surrogate", "b"],  # not from a UTF-8 file, but written as json would
+    ]
+    header = ["a", "b", "a_2", "column"]
+    wide = header + ["column_5", "column_6"]
+    expected = []
+    for n, cells in enumerate(rows[1:]):
+        names = header if n < 2 else wide
+        cells = cells + [None] * (len(names) - len(cells))
+        expected.append(json.dumps(dict(zip(names, cells)), ensure_ascii=False,
+                                   separators=(",", ":")))
+    assert list(_as_json_objects(iter(rows))) == expected
