@@ -49,7 +49,8 @@ class Sim:
         self.args = dict(groups=groups, types=types, exports=exports, rate_limit=rate_limit, seed=seed)
         cmd = [str(BIN / "posthog-sim"), "--port", "0", "--ready-json", "--groups", str(groups),
                "--types", str(types), "--exports", str(exports), "--rate-limit", rate_limit,
-               "--seed", str(seed), "--request-log-limit", "1000", "--prerender-contents"]
+               "--seed", str(seed), "--request-log-limit", "1000", "--prerender-contents",
+               "--precompute-property-values"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if line.startswith("POSTHOG_SIM_READY "):

@@ -1002,6 +1002,13 @@ class Dataset:
                     self._content_cache_bytes -= len(old)
         return b
 
+    def precompute_property_values(self) -> None:
+        """Count every type's property values now (PostHog answers property_values from
+        ClickHouse; the simulator otherwise scans up to PV_SCAN_LIMIT groups per type in Python
+        on the first request, seconds that no real server spends)."""
+        for i in range(self.n_types):
+            self._value_counts(i)
+
     def prerender_contents(self) -> int:
         """Render every (non-streamed) export file now and keep them all; returns the bytes."""
         with self._lock:

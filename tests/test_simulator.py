@@ -771,3 +771,15 @@ def test_dumps_writes_what_drf_json_writes():
         want = want.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         assert dumps(v) == want.encode()
 
+
+
+def test_precomputed_property_values_are_the_counts_a_first_request_computes():
+    from posthog_sim import Dataset, DatasetSpec
+
+    spec = DatasetSpec(seed=3, groups_per_type=(500, 40), n_exports=0)
+    warm, cold = Dataset(spec, now=1.8e9), Dataset(spec, now=1.8e9)
+    warm.precompute_property_values()
+    assert set(warm._pv_cache) == {0, 1} and not cold._pv_cache
+    for i in (0, 1):
+        for key in ("industry", "name", "plan", "missing"):
+            assert warm.property_values(i, key) == cold.property_values(i, key)
