@@ -7,7 +7,9 @@ simulator dataset, no internet. One command (the `bench` extra must be installed
 Each run gets a fresh simulator in its own process (`posthog-sim --ready-json`), so the
 simulator's CPU is not counted in the tool's; on a small machine they still compete for cores.
 The simulator renders every export file before the tool starts (`--prerender-contents`), as
-object storage serves stored bytes: no tool is timed on the simulator's CSV/XLSX rendering.
+object storage serves stored bytes: no tool is timed on the simulator's CSV/XLSX rendering. It
+also counts property values up front (`--precompute-property-values`), as PostHog's ClickHouse
+answers them; only our sync asks for them.
 For every run it records wall time, CPU time (user+sys of the whole process tree, from
 getrusage(RUSAGE_CHILDREN) after the tool exits, or the sum polled per process if larger:
 forkserver children are never reaped by the tool), peak RSS of the process tree (psutil, summed
