@@ -17,7 +17,17 @@ from resources.lake import Lake, LakeError, LakeResource
 
 DEFAULT_LAKE_ROOT = "data/lake"
 DEFAULT_DUCKDB = "data/warehouse.duckdb"
+# where the demo records its Dagster run when DAGSTER_HOME is not set, so that the UI started
+# with the same DAGSTER_HOME (`python3 run.py ui`) shows it (gitignored)
+DEMO_DAGSTER_HOME = ".dagster_home"
 _MAX_CELL = 80
+
+
+def demo_dagster_home(environ: dict[str, str] | os._Environ[str], cwd: Path) -> Path:
+    """DAGSTER_HOME for the demo's run: the user's, else `.dagster_home` in `cwd` (absolute,
+    as Dagster requires)."""
+    home = environ.get("DAGSTER_HOME")
+    return Path(home) if home else (cwd / DEMO_DAGSTER_HOME).absolute()
 
 
 def _lake() -> Lake:
@@ -167,6 +177,8 @@ def demo(groups: str, n_exports: int, seed: int) -> None:
         raise click.BadParameter("use comma-separated integers, e.g. 3000,1000", param_hint="--groups") from None
     lake_root = os.environ.get("LAKE_ROOT") or DEFAULT_LAKE_ROOT
     database = os.environ.get("DUCKDB_DATABASE") or DEFAULT_DUCKDB
+    dagster_home = demo_dagster_home(os.environ, Path.cwd())
+    dagster_home.mkdir(parents=True, exist_ok=True)
     spec = DatasetSpec(seed=seed, groups_per_type=per_type, n_exports=n_exports)
     with Simulator(SimConfig(dataset=spec)) as sim:
         click.echo(f"PostHog simulator on {sim.api_url} (project {sim.project_id}); "
@@ -178,6 +190,7 @@ def demo(groups: str, n_exports: int, seed: int) -> None:
             "POSTHOG_PERSONAL_API_KEY": sim.api_key,
             "LAKE_ROOT": lake_root,
             "DUCKDB_DATABASE": database,
+            "DAGSTER_HOME": str(dagster_home),
         }
         click.echo("Running: dagster asset materialize -m pipelines.definitions --select '*'")
         started = time.monotonic()
@@ -196,3 +209,5 @@ def demo(groups: str, n_exports: int, seed: int) -> None:
     _status(_lake())
     click.echo("\nTry:  posthog-pipeline sql \"SELECT group_type, count(*) FROM posthog.groups "
                "GROUP BY ALL\"")
+    click.echo(f"The run is recorded in DAGSTER_HOME={dagster_home}; the UI started with it shows "
+               "it: python3 run.py ui")

@@ -139,3 +139,26 @@ def test_run_process_uses_malloc_for_arrow_and_loads_no_pyarrow_dataset():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["system", "False"]
+
+
+def test_demo_records_its_run_where_the_ui_reads_it(tmp_path):
+    """The quick start's next step is the UI: `demo` records its run in `.dagster_home` (unless
+    DAGSTER_HOME is set), the DAGSTER_HOME `python3 run.py ui` starts the UI with."""
+    import sqlite3
+
+    from pipelines.cli import demo_dagster_home
+
+    assert demo_dagster_home({"DAGSTER_HOME": "/x/home"}, tmp_path) == Path("/x/home")
+    assert demo_dagster_home({}, tmp_path) == tmp_path / ".dagster_home"
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env.update(LAKE_ROOT=str(tmp_path / "lake"), DUCKDB_DATABASE=str(tmp_path / "wh.duckdb"))
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "posthog-pipeline"), "demo", "--groups", "30,5",
+         "--exports", "4"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    home = tmp_path / ".dagster_home"
+    assert f"DAGSTER_HOME={home}" in out.stdout
+    with sqlite3.connect(home / "history" / "runs.db") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("SUCCESS",)]
