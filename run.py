@@ -52,8 +52,9 @@ def main(argv: list[str]) -> int:
     ensure_env("test")
     cmd = COMMANDS[argv[0]] + argv[1:]
     env = dict(os.environ)
-    if argv[0] in ("demo", "ui"):
-        # the demo records its run here and the UI reads it (unless DAGSTER_HOME is set)
+    if argv[0] == "ui":
+        # where `demo` (run from ROOT) records its run unless DAGSTER_HOME is set; Dagster needs
+        # the directory to exist
         env.setdefault("DAGSTER_HOME", str(ROOT / ".dagster_home"))
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode

@@ -77,15 +77,6 @@ class RawGroup(msgspec.Struct, forbid_unknown_fields=True):
     group_properties: msgspec.Raw
     created_at: str
 
-    def as_dict(self) -> dict[str, Any]:
-        """The group as `jsontext.loads` would have read it."""
-        return {
-            "group_type_index": self.group_type_index,
-            "group_key": self.group_key,
-            "group_properties": jsontext.loads(bytes(self.group_properties)),
-            "created_at": self.created_at,
-        }
-
 
 class _RawGroupsPage(msgspec.Struct):  # other envelope fields (previous, count) are not needed
     results: list[RawGroup]
@@ -344,7 +335,7 @@ class PostHogClient:
 
     def iter_group_pages(
         self, *, group_type_index: int, raw_properties: bool = False
-    ) -> Iterator[list[dict]] | Iterator[list[dict] | list[RawGroup]]:
+    ) -> Iterator[list[dict] | list[RawGroup]]:
         """GET groups/?group_type_index=N, following the keyset `next` links page by page.
 
         With `raw_properties`, a page PostHog wrote plainly (the usual case) comes as a list of
