@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -86,17 +87,30 @@ class _RawGroupsPage(msgspec.Struct):  # other envelope fields (previous, count)
 _RAW_GROUPS_PAGE = msgspec.json.Decoder(_RawGroupsPage)
 
 
-def _decode_groups_page(content: bytes) -> Any:
+def _decode_groups_page(content: bytes, note: Callable[[str, bool], None] | None = None) -> Any:
     """A groups page whose items are `RawGroup`s when every item has exactly the four fields,
     typed as PostHog types them, non-null properties, and the page is canonical JSON; anything
-    else as `jsontext.loads` reads it (a list of dicts), so nothing unusual is lost or altered."""
+    else as `jsontext.loads` reads it (a list of dicts), so nothing unusual is lost or altered.
+
+    `note(why, new_shape)` hears why a page was read the slower way; `new_shape` when its groups
+    are not the four fields as PostHog types them (a field added to the API, say)."""
     try:
         page = _RAW_GROUPS_PAGE.decode(content)
-    except msgspec.MsgspecError:  # not that shape (or not JSON: jsontext.loads says so below)
-        return jsontext.loads(content)
-    if b'"group_properties":null' in content or not jsontext.is_canonical(content):
-        return jsontext.loads(content)
-    return {"next": page.next, "results": page.results}
+    except msgspec.MsgspecError as e:  # not that shape (or not JSON: jsontext.loads says so)
+        result = jsontext.loads(content)
+        if note:
+            note(f"its groups are not the four fields PostHog lists ({e})", True)
+        return result
+    if b'"group_properties":null' in content:
+        why = "a group has null group_properties"
+    elif not jsontext.is_canonical(content):
+        why = "the page is not JSON exactly as PostHog writes it (spacing, escapes or numbers)"
+    else:
+        return {"next": page.next, "results": page.results}
+    result = jsontext.loads(content)
+    if note:
+        note(why, False)
+    return result
 
 
 def normalize_host(host: str) -> str:
@@ -343,9 +357,25 @@ class PostHogClient:
         and encoded again. Any other page still comes as a list of dicts.
         """
         index = _check_index(group_type_index)
+        decode: Callable[[bytes], Any] = jsontext.loads
+        if raw_properties:
+            noted: set[bool] = set()
+
+            def note(why: str, new_shape: bool) -> None:
+                # once per crawl: the data is the same either way, only slower to read; a new
+                # shape (PostHog added a field, which lands in `extra`) is worth knowing about
+                if new_shape not in noted:
+                    noted.add(new_shape)
+                    self._log.log(
+                        logging.INFO if new_shape else logging.DEBUG,
+                        "groups/ (type %d): a page was read the slower way, with json: %r "
+                        "(the data is the same; said once per group type)", index, why,
+                    )
+
+            decode = functools.partial(_decode_groups_page, note=note)
         return self._iter_pages(
             "groups/", {"group_type_index": index}, shape="keyset", endpoint="groups/",
-            decode=_decode_groups_page if raw_properties else jsontext.loads,
+            decode=decode,
         )
 
     def iter_groups(self, *, group_type_index: int) -> Iterator[dict]:
