@@ -53,9 +53,10 @@ def main(argv: list[str]) -> int:
     cmd = COMMANDS[argv[0]] + argv[1:]
     env = dict(os.environ)
     if argv[0] == "ui":
-        # where `demo` (run from ROOT) records its run unless DAGSTER_HOME is set; Dagster needs
-        # the directory to exist
-        env.setdefault("DAGSTER_HOME", str(ROOT / ".dagster_home"))
+        # where `demo` (run from ROOT) records its run unless DAGSTER_HOME is set (an empty one
+        # counts as unset there too); Dagster needs the directory to exist
+        if not env.get("DAGSTER_HOME"):
+            env["DAGSTER_HOME"] = str(ROOT / ".dagster_home")
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 

@@ -94,22 +94,21 @@ def _decode_groups_page(content: bytes, note: Callable[[str, bool], None] | None
 
     `note(why, new_shape)` hears why a page was read the slower way; `new_shape` when its groups
     are not the four fields as PostHog types them (a field added to the API, say)."""
+    new_shape = False
     try:
         page = _RAW_GROUPS_PAGE.decode(content)
     except msgspec.MsgspecError as e:  # not that shape (or not JSON: jsontext.loads says so)
-        result = jsontext.loads(content)
-        if note:
-            note(f"its groups are not the four fields PostHog lists ({e})", True)
-        return result
-    if b'"group_properties":null' in content:
-        why = "a group has null group_properties"
-    elif not jsontext.is_canonical(content):
-        why = "the page is not JSON exactly as PostHog writes it (spacing, escapes or numbers)"
+        why, new_shape = f"its groups are not the four fields PostHog lists ({e})", True
     else:
-        return {"next": page.next, "results": page.results}
+        if b'"group_properties":null' in content:
+            why = "a group has null group_properties"
+        elif not jsontext.is_canonical(content):
+            why = "the page is not JSON exactly as PostHog writes it (spacing, escapes or numbers)"
+        else:
+            return {"next": page.next, "results": page.results}
     result = jsontext.loads(content)
     if note:
-        note(why, False)
+        note(why, new_shape)
     return result
 
 

@@ -772,7 +772,6 @@ def test_dumps_writes_what_drf_json_writes():
         assert dumps(v) == want.encode()
 
 
-
 def test_precomputed_property_values_are_the_counts_a_first_request_computes():
     from posthog_sim import Dataset, DatasetSpec
 
