@@ -216,6 +216,7 @@ def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lak
     """What a landing asset works inside: the lake, the asset's own lock (one sync of it at a
     time, across processes; a second waits up to `config.lock_timeout_seconds`), and a client."""
     store = lake.get_lake()
+    store.remove_dead_leftovers()
     # What the process holds before the step (Dagster, the imports: some 300k objects) is moved
     # out of the collector's sight for the step: its full collections would otherwise walk all
     # of it, again and again, while pages churn.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -37,17 +36,9 @@ def posthog_export_contents_sha256(lake: LakeResource) -> dg.AssetCheckResult:
         "SELECT export_id, sha256, size_bytes, stored_path FROM posthog.export_contents"
     ):
         checked += 1
-        path = store.root / stored_path
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-        except OSError as exc:
-            bad.append(f"export {export_id}: {stored_path}: {exc.strerror}")
-            continue
-        if digest.hexdigest() != sha256 or path.stat().st_size != size:
-            bad.append(f"export {export_id}: {stored_path} does not match its sha256/size")
+        problem = store.files.verify(stored_path, sha256, size)
+        if problem:
+            bad.append(f"export {export_id}: {problem}")
     return dg.AssetCheckResult(
         passed=not bad,
         metadata={"files_checked": checked, "mismatches": len(bad),

@@ -1,13 +1,12 @@
 """Exported assets: metadata, archived bytes, parsed CSV/XLSX rows, and requested exports."""
 
 
-import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from itertools import islice
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import dagster as dg
 import pyarrow as pa
@@ -157,7 +156,7 @@ def posthog_exports(
     listed = [r for r in ordered if r["listed"]]
     return dg.MaterializeResult(
         metadata=sync_metadata(
-            client.stats, published, lake_root=store.root, preview=listed,
+            client.stats, published, preview=listed,
             extra={
                 "exports_listed": len(listed),
                 "exports_new": len(new),
@@ -241,8 +240,7 @@ def posthog_export_contents(
 
             def fetch(export: dict[str, Any]) -> tuple[Any, str]:
                 # download and file away in the worker: the main thread only parses and writes
-                tmp = store.tmp_dir() / f"{uuid.uuid4().hex}.part"
-                download = client.download_export_content(export["id"], tmp)
+                download = client.download_export_content(export["id"], store.new_tmp_file())
                 return download, store.store_content(download.path, download.sha256)
 
             with ThreadPoolExecutor(max_workers=max(1, config.max_concurrent_downloads)) as pool:
@@ -276,8 +274,10 @@ def posthog_export_contents(
                         }])
                         states[export_id] = ("archived", None)
                         if config.parse_tabular and export.get("export_format") in TABULAR_FORMATS:
+                            rows_writer.cover([export_id])
                             detail = _parse_rows(
-                                store.root / stored_path, export, rows_writer, rows_by_export
+                                lambda path=stored_path: store.open_content(path), export,
+                                rows_writer, rows_by_export,
                             )
                             if detail:
                                 states[export_id] = ("archived", detail)
@@ -296,12 +296,15 @@ def posthog_export_contents(
                 }
                 for export_id, (state, detail) in sorted(states.items())
             )
-        # archived bytes are complete and exact even when other downloads failed: publish them
-        # so they survive PostHog's expiry, then fail loudly about the rest
+        # Archived bytes are complete and exact even when other downloads failed: publish them
+        # so they survive PostHog's expiry, then fail loudly about the rest. Commit order is what
+        # makes a kill at any instant safe: an export's rows first (replaced per export_id), then
+        # its export_contents row, which is what "archived" is read from; then the states.
         published = store.publish(
-            [contents_writer, rows_writer, archive_writer],
+            [rows_writer, contents_writer, archive_writer],
             run_id=context.run.run_id, asset="posthog_export_contents",
         )
+        published.sort(key=lambda t: t.name != EXPORT_CONTENTS.name)  # the asset's table first
     state_counts = Counter(state for state, _ in states.values())
     if failures:
         raise dg.Failure(
@@ -311,7 +314,7 @@ def posthog_export_contents(
         )
     return dg.MaterializeResult(
         metadata=sync_metadata(
-            client.stats, published, lake_root=store.root,
+            client.stats, published,
             preview=[
                 {"export_id": i, "state": s, "detail": d} for i, (s, d) in sorted(states.items())
             ],
@@ -335,20 +338,20 @@ def _after_404(client: Any, export_id: int) -> tuple[str, str | None]:
     return "pending", "content/ answered 404: no content yet"
 
 
-def _parse_rows(path: Path, export: dict[str, Any], writer: Any, counts: Counter[int]
-                ) -> str | None:
+def _parse_rows(source: Callable[[], BinaryIO], export: dict[str, Any], writer: Any,
+                counts: Counter[int]) -> str | None:
     """Append the export's data rows, all or none; a file that does not parse is kept, noted."""
     export_id = export["id"]
     fmt = export["export_format"]
     try:
-        rows = iter_json_rows(path, fmt)
+        rows = iter_json_rows(source, fmt)
         head = list(islice(rows, _PARSE_BUFFER))
         tail = sum(1 for _ in rows)  # parse the rest before writing anything: no partial exports
     except Exception as exc:  # csv, UnicodeDecodeError, and openpyxl's assorted errors alike
         return f"archived, but its rows could not be parsed: {type(exc).__name__}: {exc}"
     _write_rows(writer, export_id, head, first=1)
     if tail:
-        rest = islice(iter_json_rows(path, fmt), _PARSE_BUFFER, None)
+        rest = islice(iter_json_rows(source, fmt), _PARSE_BUFFER, None)
         first = _PARSE_BUFFER + 1
         while batch := list(islice(rest, _PARSE_BUFFER)):
             _write_rows(writer, export_id, batch, first=first)

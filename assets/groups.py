@@ -77,7 +77,7 @@ def posthog_group_types(
             writer.write_rows(rows)
         published = store.publish([writer], run_id=context.run.run_id, asset="posthog_group_types")
     return dg.MaterializeResult(metadata=sync_metadata(
-            client.stats, published, lake_root=store.root, preview=rows))
+            client.stats, published, preview=rows))
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
@@ -125,7 +125,7 @@ def posthog_groups(
         progress.update(force=True, groups=published[0].rows)
     return dg.MaterializeResult(
         metadata=sync_metadata(
-            client.stats, published, lake_root=store.root, preview=preview,
+            client.stats, published, preview=preview,
             extra={
                 "rows_by_group_type": dg.MetadataValue.json(dict(per_type)),
                 "duplicates_dropped": writer.duplicates_dropped,
@@ -171,7 +171,7 @@ def posthog_group_property_definitions(
             [writer], run_id=context.run.run_id, asset="posthog_group_property_definitions"
         )
     return dg.MaterializeResult(metadata=sync_metadata(
-            client.stats, published, lake_root=store.root, preview=preview))
+            client.stats, published, preview=preview))
 
 
 def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | None]
@@ -222,7 +222,7 @@ def posthog_group_property_values(
         )
     return dg.MaterializeResult(
         metadata=sync_metadata(
-            client.stats, published, lake_root=store.root, preview=preview,
+            client.stats, published, preview=preview,
             extra={"keys_fetched": sum(len(k) for k in keys.values())},
         )
     )

@@ -43,7 +43,7 @@ def posthog_explicit_members(
         extra["why_empty"] = reason
     return dg.MaterializeResult(
         metadata=sync_metadata(
-            client.stats, published, lake_root=store.root, preview=rows, extra=extra)
+            client.stats, published, preview=rows, extra=extra)
     )
 
 

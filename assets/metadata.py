@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -37,7 +36,6 @@ def sync_metadata(
     stats: Any,
     published: Sequence[Any],
     *,
-    lake_root: Path | None = None,
     preview: Sequence[Mapping[str, Any]] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -57,19 +55,20 @@ def sync_metadata(
     }
     if isinstance(meta["rows"], dict):
         meta["rows"] = dg.MetadataValue.json(meta["rows"])
-    if lake_root is not None:
-        # where each Parquet dataset just written lives: `dagster/uri` for the asset's main
-        # table, `parquet/<table>` for every table it publishes
-        for i, table in enumerate(published):
-            files = table.new_files or table.files
-            if not files:
-                continue
-            path = str((Path(lake_root) / files[-1]).parent)
-            if i == 0:
-                meta["dagster/uri"] = dg.MetadataValue.path(path)
-                meta["dagster/table_name"] = f"posthog.{table.name}"
-            if len(published) > 1:
-                meta[f"parquet/{table.name}"] = dg.MetadataValue.path(path)
+    # where each Delta table just committed lives: `dagster/uri` for the asset's main table,
+    # `delta/<table>` for every table it commits, with the version (for time travel)
+    for i, table in enumerate(published):
+        if not table.uri:
+            continue
+        if i == 0:
+            meta["dagster/uri"] = dg.MetadataValue.path(table.uri)
+            meta["dagster/table_name"] = f"posthog.{table.name}"
+            meta["delta_version"] = table.version if table.version is not None else -1
+        if len(published) > 1:
+            meta[f"delta/{table.name}"] = dg.MetadataValue.path(
+                f"{table.uri}@v{table.version}")
+    for table in published:
+        meta.update(table.extra)
     if extra:
         meta.update(extra)
     if "archive_state" in meta:

@@ -153,8 +153,8 @@ GROUPS = TableSpec(
         ]
     ),
     json_columns=("group_properties", "extra"),
-    history_view="groups_history",
-    unique_key=("group_type_index", "group_key"),
+    key=("group_type_index", "group_key"),
+    history="groups_history",
     description="One row per group in the latest complete snapshot (GET .../groups/).",
 )
 _GROUP_FIELDS = frozenset(("group_type_index", "group_key", "group_properties", "created_at"))
@@ -254,7 +254,7 @@ GROUP_PROPERTY_DEFINITIONS = TableSpec(
         ]
     ),
     json_columns=("extra",),
-    unique_key=("group_type_index", "name"),
+    key=("group_type_index", "name"),
     description="One row per (group type, property name) (GET .../property_definitions/?type=group).",
 )
 _PROPDEF_FIELDS = frozenset(("name", "property_type", "is_numerical", "id"))
@@ -332,7 +332,8 @@ EXPORTS = TableSpec(
         ]
     ),
     json_columns=("export_context", "extra"),
-    unique_key=("id",),
+    mode="merge",
+    key=("id",),
     description=(
         "Every exported asset ever seen (GET .../exports/); `listed` is false once PostHog "
         "stops listing it (expired), the row stays."
@@ -389,8 +390,8 @@ EXPORT_CONTENTS = TableSpec(
             ("fetched_at", TS),
         ]
     ),
-    mode="append",
-    unique_key=("export_id",),
+    mode="replace_keys",
+    key=("export_id",),
     description="Archived export bytes, content-addressed under LAKE_ROOT (GET .../content/).",
 )
 
@@ -404,7 +405,8 @@ EXPORT_ROWS = TableSpec(
         ]
     ),
     json_columns=("row",),
-    mode="append",
+    mode="replace_keys",
+    key=("export_id",),
     description="One row per data row of an archived CSV/XLSX export (header order kept).",
 )
 
@@ -421,7 +423,7 @@ EXPORT_ARCHIVE = TableSpec(
             ("checked_at", TS),
         ]
     ),
-    unique_key=("export_id",),
+    key=("export_id",),
     description="Archive state of every export seen: archived, pending, failed or expired.",
 )
 

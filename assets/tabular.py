@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import BinaryIO
@@ -14,6 +15,8 @@ import orjson
 CSV_FORMAT = "text/csv"
 XLSX_FORMAT = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 TABULAR_FORMATS = frozenset({CSV_FORMAT, XLSX_FORMAT})
+
+Source = Path | Callable[[], BinaryIO]
 
 
 def unique_header(header: Sequence[str]) -> list[str]:
@@ -67,9 +70,13 @@ def _as_json_objects(rows: Iterator[list[str | None]]) -> Iterator[str]:
             yield "{" + ",".join(parts) + "}"
 
 
-def _csv_rows(path: Path) -> Iterator[list[str | None]]:
+def _open(source: Source) -> BinaryIO:
+    return source.open("rb") if isinstance(source, Path) else source()
+
+
+def _csv_rows(source: Source) -> Iterator[list[str | None]]:
     # utf-8-sig: PostHog writes plain UTF-8, but a BOM from elsewhere must not end up in a column name
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+    with _open(source) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
         yield from csv.reader(fh)
 
 
@@ -85,9 +92,9 @@ def _cell_text(value: object) -> str | None:
     return str(value)
 
 
-def _xlsx_rows(path: Path) -> Iterator[list[str | None]]:
+def _xlsx_rows(source: Source) -> Iterator[list[str | None]]:
     # a file object, not the path: archived files have no extension and openpyxl judges by it
-    with path.open("rb") as fh:
+    with _open(source) as fh:
         yield from _workbook_rows(fh)
 
 
@@ -107,11 +114,11 @@ def _workbook_rows(fh: BinaryIO) -> Iterator[list[str | None]]:
         workbook.close()
 
 
-def iter_json_rows(path: Path, export_format: str) -> Iterator[str]:
+def iter_json_rows(source: Source, export_format: str) -> Iterator[str]:
     """Data rows of a CSV or XLSX file as JSON object text, header order kept (the header row is
-    not a row)."""
+    not a row). ``source`` is a local path or a function opening the file for binary reading."""
     if export_format == CSV_FORMAT:
-        return _as_json_objects(_csv_rows(path))
+        return _as_json_objects(_csv_rows(source))
     if export_format == XLSX_FORMAT:
-        return _as_json_objects(_xlsx_rows(path))
+        return _as_json_objects(_xlsx_rows(source))
     raise ValueError(f"not a tabular export format: {export_format!r}")

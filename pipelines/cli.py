@@ -30,13 +30,14 @@ def demo_dagster_home(environ: dict[str, str] | os._Environ[str], cwd: Path) -> 
     return Path(home) if home else (cwd / DEMO_DAGSTER_HOME).absolute()
 
 
-def _lake() -> Lake:
+def _lake(*, create: bool = False) -> Lake:
     resource = LakeResource(
         lake_root=os.environ.get("LAKE_ROOT") or DEFAULT_LAKE_ROOT,
         duckdb_database=os.environ.get("DUCKDB_DATABASE") or DEFAULT_DUCKDB,
+        state_dir=os.environ.get("PIPELINE_STATE_DIR") or "",
     )
     try:
-        return resource.get_lake()
+        return resource.get_lake(create=create)
     except LakeError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -99,9 +100,10 @@ def _status(store: Lake) -> None:
         click.echo("The warehouse is empty: run a sync first (posthog-pipeline demo, or "
                    "dagster asset materialize -m pipelines.definitions --select '*').")
         return
-    click.echo(f"Warehouse {store.warehouse}  (lake {store.root})\n")
-    _print_table(["table", "rows", "synced_at", "snapshot"],
-                 [(t["table"], f"{t['rows']:,}", t["synced_at"], t["snapshot_id"]) for t in tables])
+    click.echo(f"Warehouse {store.warehouse_path}  (lake {store.root})\n")
+    _print_table(["table", "rows", "files", "delta version", "synced_at"],
+                 [(t["table"], f"{t['rows']:,}", t["files"], t["version"], t["synced_at"])
+                  for t in tables])
     click.echo("")
     last = store.last_sync_by_asset()
     if last:
@@ -153,10 +155,35 @@ def status() -> None:
 
 @main.command("rebuild-views")
 def rebuild_views() -> None:
-    """Recreate the DuckDB views from the lake (after moving or restoring the lake)."""
-    store = _lake()
-    store.rebuild_views()
-    click.echo(f"Views rebuilt in {store.warehouse} from {store.root}.")
+    """Recreate the DuckDB views from the lake (after moving or restoring either)."""
+    store = _lake(create=True)
+    try:
+        store.rebuild_views()
+    except LakeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Views rebuilt in {store.warehouse_path} from {store.root}.")
+
+
+@main.command("migrate-lake")
+def migrate_lake() -> None:
+    """Move a lake in the old snapshot format to Delta Lake tables (keeps a backup)."""
+    from assets.tables import ALL_TABLES
+    from resources.lake.migrate import migrate
+
+    resource = LakeResource(
+        lake_root=os.environ.get("LAKE_ROOT") or DEFAULT_LAKE_ROOT,
+        duckdb_database=os.environ.get("DUCKDB_DATABASE") or DEFAULT_DUCKDB,
+        state_dir=os.environ.get("PIPELINE_STATE_DIR") or "",
+    )
+    store = resource.get_lake(create=False)
+    try:
+        written = migrate(store, ALL_TABLES)
+    except LakeError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, rows in sorted(written.items()):
+        click.echo(f"{name}: {rows:,} rows")
+    click.echo(f"Migrated {store.root} to Delta Lake tables; the old files are kept beside "
+               f"it in {store.schema}.old-format-*/ (delete that once you are satisfied).")
 
 
 @main.command()
@@ -211,3 +238,7 @@ def demo(groups: str, n_exports: int, seed: int) -> None:
                "GROUP BY ALL\"")
     click.echo(f"The run is recorded in DAGSTER_HOME={dagster_home}; the UI started with it shows "
                "it: python3 run.py ui")
+
+
+if __name__ == "__main__":
+    main()

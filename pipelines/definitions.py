@@ -25,7 +25,7 @@ from assets.members import posthog_explicit_members
 from pipelines.jobs import ALL_JOBS
 from pipelines.schedules import ALL_SCHEDULES
 from pipelines.sensors import ALL_SENSORS
-from resources.lake import LakeResource
+from resources.lake import LakeResource, default_state_dir
 from resources.posthog import PostHogResource
 
 # One process runs every step of a run, one step after another (Dagster's in-process executor).
@@ -57,6 +57,9 @@ def _env(name: str, default: str) -> str | dg.EnvVar:
     return dg.EnvVar(name) if os.environ.get(name) not in (None, "") else default
 
 
+# locks, staged rows, downloads and the rate budget: local disk, never the (maybe S3) lake
+_DEFAULT_STATE_DIR = default_state_dir(os.environ.get("DUCKDB_DATABASE") or "data/warehouse.duckdb")
+
 defs = dg.Definitions(
     assets=[
         posthog_group_types,
@@ -85,11 +88,13 @@ defs = dg.Definitions(
             requests_per_minute=_env("POSTHOG_REQUESTS_PER_MINUTE", "480"),
             requests_per_hour=_env("POSTHOG_REQUESTS_PER_HOUR", "4800"),
             rate_limit_windows=_env("POSTHOG_RATE_LIMIT_WINDOWS", ""),
-            state_dir=_env("LAKE_ROOT", "data/lake"),
+            state_dir=_env("PIPELINE_STATE_DIR", _DEFAULT_STATE_DIR),
         ),
         "lake": LakeResource(
             lake_root=_env("LAKE_ROOT", "data/lake"),
             duckdb_database=_env("DUCKDB_DATABASE", "data/warehouse.duckdb"),
+            state_dir=_env("PIPELINE_STATE_DIR", _DEFAULT_STATE_DIR),
+            retention_hours=_env("LAKE_RETENTION_HOURS", "168"),
         ),
     },
 )

@@ -30,9 +30,12 @@ HEADERS = ["scenario", "trials", "passed", "rows compared", "files compared", "f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability")
     parser.add_argument("--only", default="",
-                        help="comma-separated: matrix,persistent,random,crashes,concurrency")
+                        help="comma-separated: matrix,persistent,random,crashes,concurrency,exit_codes,"
+                        "file_counts")
     parser.add_argument("--random-runs", type=int, default=20)
     parser.add_argument("--crash-trials", type=int, default=12)
+    parser.add_argument("--exit-runs", type=int, default=50)
+    parser.add_argument("--small-syncs", type=int, default=500)
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         ("random", lambda t: scenarios.random_faults(t, runs=args.random_runs)),
         ("crashes", lambda t: scenarios.crashes(t, trials=args.crash_trials)),
         ("concurrency", lambda t: scenarios.concurrency(t)),
+        ("exit_codes", lambda t: scenarios.exit_codes(t, runs=args.exit_runs)),
+        ("file_counts", lambda t: scenarios.file_counts(t, syncs=args.small_syncs)),
     ]
     results = []
     started = time.monotonic()

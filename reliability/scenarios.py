@@ -189,6 +189,7 @@ def cli_env(env: SimEnv, home: Path) -> dict[str, str]:
         "POSTHOG_PERSONAL_API_KEY": env.sim.api_key,
         "LAKE_ROOT": str(env.lake_root),
         "DUCKDB_DATABASE": str(env.database),
+        "PIPELINE_STATE_DIR": str(env.state_dir),
         "DAGSTER_HOME": str(home),
         "POSTHOG_REQUESTS_PER_MINUTE": "0",
         "POSTHOG_REQUESTS_PER_HOUR": "0",
@@ -249,9 +250,9 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
                         ds.create_export(1, "text/csv", None, None, {
                             "source": {"kind": "HogQLQuery", "query": f"select {n}"}})
                 env.sim.clear_log()
-                current = env.lake_root / "posthog" / "_current"
-                table = rng.choice(["groups.json", "exports.json", "export_contents.json"])
-                before = (current / table).stat().st_mtime_ns
+                table = rng.choice(["groups", "exports", "export_contents"])
+                log_dir = env.lake_root / "posthog" / table / "_delta_log"
+                before = len(list(log_dir.glob("*.json")))
                 pages = rng.randint(5, 250)
                 downloads = rng.randint(1, 20)
 
@@ -262,10 +263,7 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
                                    and r.status == 200) >= pages
                     if moment == "downloads":
                         return sum(1 for r in log_ if r.server == "storage") >= downloads
-                    try:
-                        return (current / table).stat().st_mtime_ns != before
-                    except FileNotFoundError:
-                        return False
+                    return len(list(log_dir.glob("*.json"))) != before  # a commit landed
 
                 proc = start_cli_sync(environ, log)
                 deadline = time.monotonic() + 300
@@ -282,14 +280,13 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
                                  allowed_rows={"groups": {old, old + 1}})
                 assert run_cli_sync(environ, log) == 0, log.read_text()[-3000:]
                 counts = verify_exact(env.sim, env.lake_root, env.database)
-                staging = [p for p in env.lake_root.rglob("_staging/*") if p.is_dir()]
+                staging = [p for p in (env.state_dir / "tmp" / "staging").glob("*")]
                 assert not staging, f"staging left after the next sync: {staging[:3]}"
                 return counts, 1
             _trial(result, run, f"trial {n + 1}: kill during {moment}")
-        leftovers = list((env.lake_root / "_tmp").glob("*")) if (env.lake_root / "_tmp").exists() \
-            else []
-        result.notes.append(f"{len(leftovers)} partial downloads in LAKE_ROOT/_tmp (never read; "
-                            "collected after 1 h)")
+        leftovers = list((env.state_dir / "tmp" / "downloads").glob("*"))
+        result.notes.append(f"{len(leftovers)} partial downloads left in the state directory "
+                            "(never read; removed by the next sync of export contents)")
     result.seconds = time.monotonic() - start
     return result
 
@@ -366,3 +363,83 @@ def concurrency(tmp: Path) -> Result:
             result.passed += 1
     result.seconds = time.monotonic() - start
     return result
+
+
+# ------------------------------------------------------------------ exit codes, file counts
+
+def exit_codes(tmp: Path, *, runs: int = 50) -> Result:
+    """The contract command, `runs` times on a small dataset: every run must exit 0 (deltalake
+    1.6 with pyarrow 25/26 can abort a process at exit, code 134, after some read paths)."""
+    from collections import Counter
+
+    result = Result(f"contract command x{runs}: exit codes")
+    start = time.monotonic()
+    d = Path(tempfile.mkdtemp(dir=tmp))
+    codes: Counter[int] = Counter()
+    with start_sim(d, groups_per_type=(300, 80), n_exports=6) as env:
+        environ = cli_env(env, d / "dagster_home")
+        log = d / "sync.log"
+        for n in range(runs):
+            def run(n=n) -> tuple[Counts, int]:
+                env.sim.dataset.insert_group(0, f"exit-{n}", {"n": n})
+                code = run_cli_sync(environ, log)
+                codes[code] += 1
+                assert code == 0, f"exit {code}: " + log.read_text()[-1500:]
+                return verify_exact(env.sim, env.lake_root, env.database), 0
+            _trial(result, run, f"run {n + 1}")
+    result.notes.append("exit codes: " + ", ".join(
+        f"{c}: {k} runs" for c, k in sorted(codes.items())))
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def file_counts(tmp: Path, *, syncs: int = 500) -> Result:
+    """`syncs` consecutive small full syncs (something new each time, retention 0 h): the data
+    files per table, on disk and in the current version, stay bounded (compaction + vacuum)."""
+    result = Result(f"{syncs} consecutive small syncs: files per table bounded")
+    start = time.monotonic()
+    d = Path(tempfile.mkdtemp(dir=tmp))
+    with start_sim(d, groups_per_type=(40, 10), n_exports=3) as env:
+        peaks: dict[str, int] = {}
+        for n in range(syncs):
+            ds = env.sim.dataset
+            ds.insert_group(0, f"g-{n}", {"n": n})
+            if n % 2 == 0:
+                ds.create_export(1, "text/csv", None, None, {
+                    "source": {"kind": "HogQLQuery", "query": f"select {n}"}})
+
+            def run(n=n) -> tuple[Counts, int]:
+                sync = _small_sync(env)
+                assert sync.success, failure_text(sync)[:1500]
+                for table in (env.lake_root / "posthog").iterdir():
+                    if (table / "_delta_log").is_dir():
+                        files = len(list(table.glob("*.parquet")))
+                        peaks[table.name] = max(peaks.get(table.name, 0), files)
+                counts = Counts()
+                if n % 50 == 49 or n == syncs - 1:
+                    counts = verify_exact(env.sim, env.lake_root, env.database)
+                return counts, 0
+            _trial(result, run, f"sync {n + 1}")
+        last = {t.name: len(list(t.glob("*.parquet")))
+                for t in (env.lake_root / "posthog").iterdir() if (t / "_delta_log").is_dir()}
+        logs = {t.name: len(list((t / "_delta_log").glob("*")))
+                for t in (env.lake_root / "posthog").iterdir() if (t / "_delta_log").is_dir()}
+    result.notes.append("data files per table at the end (peak): " + ", ".join(
+        f"{name} {last[name]} ({peaks.get(name, 0)})" for name in sorted(last)))
+    result.notes.append("_delta_log entries per table at the end: " + ", ".join(
+        f"{name} {n}" for name, n in sorted(logs.items())))
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _small_sync(env: SimEnv):
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from resources.lake import LakeResource
+
+    resources = env.resources()
+    resources["lake"] = LakeResource(lake_root=str(env.lake_root),
+                                     duckdb_database=str(env.database),
+                                     state_dir=str(env.state_dir), retention_hours=0)
+    return dg.materialize(list(defs.assets or []), resources=resources, raise_on_error=False)

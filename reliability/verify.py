@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from assets.tables import parse_ts
 from assets.tabular import CSV_FORMAT, XLSX_FORMAT
-from tests.helpers import expected_export_rows
+from resources.lake import Location
+from tests.helpers import expected_export_rows, read_stored
 
 # fields the pipeline types as columns; anything else the API sends must land in `extra`
 _GROUP_FIELDS = {"group_type_index", "group_key", "group_properties", "created_at"}
@@ -48,9 +52,13 @@ def _ts(value: str | None) -> str | None:
     return parse_ts(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def _connect(database: Path) -> duckdb.DuckDBPyConnection:
-    # the Lake's own read path retries lock conflicts; the oracle runs when nothing writes
-    return duckdb.connect(str(database), read_only=True)
+def _connect(database: Path, lake_root: Path | str | None = None) -> duckdb.DuckDBPyConnection:
+    # the Lake's own read path retries lock conflicts; the oracle runs when nothing writes.
+    # An S3 lake's views read s3:// files: the connection gets the lake's filesystem.
+    con = duckdb.connect(str(database), read_only=True)
+    if lake_root is not None:
+        Location.parse(str(lake_root)).register(con)
+    return con
 
 
 def _extra_of(obj: dict, typed: set[str]) -> dict | None:
@@ -62,7 +70,7 @@ def verify_exact(sim: Any, lake_root: Path, database: Path) -> Counts:
     """Every table the sync writes equals the simulator's dataset; every archived file too."""
     ds = sim.dataset
     counts = Counts()
-    con = _connect(database)
+    con = _connect(database, lake_root)
     try:
         # ---- group types
         types = con.execute(
@@ -155,16 +163,10 @@ def verify_exact(sim: Any, lake_root: Path, database: Path) -> Counts:
                     and ds.export_content_length(e["id"]) is not None}
         missing = want_ids - by_id.keys()
         assert not missing, f"exports with content not archived: {sorted(missing)[:10]}"
-        root = lake_root.resolve()
         for export_id, sha256, size, stored_path, _fmt in contents:
-            path = (lake_root / stored_path).resolve()
-            assert path.is_relative_to(root), f"export {export_id} stored outside LAKE_ROOT"
-            digest = hashlib.sha256()
-            n = 0
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-                    n += len(chunk)
+            data = read_stored(lake_root, stored_path)
+            digest = hashlib.sha256(data)
+            n = len(data)
             want = ds.export_content_sha256(export_id)
             assert digest.hexdigest() == want == sha256, f"export {export_id}: sha256 differs"
             assert n == size == ds.export_content_length(export_id), (
@@ -237,62 +239,100 @@ class _IterStream(io.RawIOBase):
 
 # ------------------------------------------------------------------ snapshot integrity
 
-_DATA_FILE = re.compile(r"/snapshot_id=[^/]+/part-\d{5}\.parquet$")
+
+def _version_files(location: Location, uri: str, version: int | None = None
+                   ) -> tuple[set[str], int]:
+    """(data files, rows) of one Delta version (the latest if None) of a lake table."""
+    table = DeltaTable(uri, version=version, storage_options=location.storage_options)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    rows = sum(actions.column("num_records").to_pylist()) if actions.num_rows else 0
+    return set(location.data_files(table)), rows
 
 
-def verify_snapshots(lake_root: Path, database: Path, *, allowed_rows: dict[str, set[int]]
-                     | None = None) -> int:
-    """After a crash: the warehouse opens; every view reads only published data files of one
-    snapshot named by the lake (no staging, temp or .part file); its row count is the
-    snapshot's. Returns the number of tables checked."""
-    con = duckdb.connect(str(database), read_only=True)
+def _has_table(location: Location, uri: str) -> bool:
+    try:
+        DeltaTable(uri, storage_options=location.storage_options)
+    except TableNotFoundError:
+        return False
+    return True
+
+
+def verify_snapshots(lake_root: Path | str, database: Path, *,
+                     allowed_rows: dict[str, set[int]] | None = None) -> int:
+    """After a crash: the warehouse opens, and every view reads exactly the files of one
+    committed Delta version of its table (the old one or a new one, never a mix, never a
+    staged file), with that version's row count; every archived tabular export has all its
+    rows. Returns the number of tables checked."""
+    location = Location.parse(str(lake_root))
+    con = _connect(database, lake_root)
     try:
         views = con.execute(
             "SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 'posthog'"
         ).fetchall()
-        manifests = _all_manifests(lake_root)
         for name, sql in views:
-            paths = re.findall(r"'([^']+\.parquet)'", sql)
-            assert paths, f"view posthog.{name} reads no files"
+            paths = {p.replace("[", "").replace("]", "")
+                     for p in re.findall(r"'([^']+\.parquet)'", sql)}
             for p in paths:
-                plain = p.replace("[", "").replace("]", "")
-                assert _DATA_FILE.search(plain), f"view posthog.{name} reads {plain}"
-                assert "_staging" not in plain and "_tmp" not in plain, plain
-                assert Path(plain).exists(), f"view posthog.{name}: {plain} is missing"
-            rows, = con.execute(f'SELECT count(*) FROM posthog."{name}"').fetchone()
-            files = {p.replace("[", "").replace("]", "") for p in paths}
-            # the file set is exactly one published snapshot (or, for history views and
-            # append tables, a union of published snapshots)
-            rel = {os.path.relpath(f, lake_root.absolute()) for f in files}
-            known = manifests.get(name) or manifests.get(name.removesuffix("_history")) or []
-            unions = [set(m["files"]) for m in known]
-            if not name.endswith("_history"):
-                match = [m for m in known if set(m["files"]) == rel]
-                assert match, f"view posthog.{name} does not read one published snapshot"
-                assert rows == match[0]["rows"], (
-                    f"view posthog.{name}: {rows} rows, its snapshot says {match[0]['rows']}")
-                if allowed_rows and name in allowed_rows:
-                    assert rows in allowed_rows[name], (
-                        f"posthog.{name} shows {rows} rows; expected one of {allowed_rows[name]}")
-            else:
-                assert rel <= set().union(*unions), f"view posthog.{name} reads unknown files"
+                assert p.startswith(location.join("posthog", name) + "/"), p
+                if location.is_local:
+                    assert Path(p).exists(), f"view posthog.{name}: {p} is missing"
+            uri = location.join("posthog", name)
+            latest = DeltaTable(uri, storage_options=location.storage_options).version()
+            match = None
+            for version in range(latest, max(-1, latest - 60), -1):
+                files, rows = _version_files(location, uri, version)
+                if files == paths:
+                    match = (version, rows)
+                    break
+            assert match is not None, f"view posthog.{name} does not read one Delta version"
+            (count,) = con.execute(f'SELECT count(*) FROM posthog."{name}"').fetchone()
+            assert count == match[1], (
+                f"view posthog.{name}: {count} rows, its Delta version says {match[1]}")
+            if allowed_rows and name in allowed_rows:
+                assert count in allowed_rows[name], (
+                    f"posthog.{name} shows {count} rows; expected one of {allowed_rows[name]}")
+        verify_archived_exports_have_their_rows(lake_root)
         return len(views)
     finally:
         con.close()
 
 
-def _all_manifests(lake_root: Path) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    base = lake_root / "posthog" / "_manifests"
-    if not base.is_dir():
-        return out
-    for table_dir in base.iterdir():
-        for path in table_dir.glob("*.json"):
-            try:
-                out.setdefault(table_dir.name, []).append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
-    return out
+def verify_archived_exports_have_their_rows(lake_root: Path | str) -> int:
+    """In the lake's current versions: every archived CSV/XLSX export's rows are all in
+    export_rows (the rows commit before the record that says archived). Returns exports seen."""
+    from assets.tabular import TABULAR_FORMATS, iter_json_rows
+
+    location = Location.parse(str(lake_root))
+    contents_uri, rows_uri = (location.join("posthog", t) for t in ("export_contents",
+                                                                      "export_rows"))
+    if not _has_table(location, contents_uri):
+        return 0
+    contents_files, _ = _version_files(location, contents_uri)
+    if not contents_files:
+        return 0
+    con = location.register(duckdb.connect())
+    try:
+        archived = con.execute(
+            "SELECT export_id, export_format, stored_path "
+            f"FROM read_parquet({sorted(contents_files)})"
+        ).fetchall()
+        rows_by_export: dict[int, int] = {}
+        if _has_table(location, rows_uri):
+            files, _ = _version_files(location, rows_uri)
+            if files:
+                rows_by_export = dict(con.execute(
+                    f"SELECT export_id, count(*) FROM read_parquet({sorted(files)}) GROUP BY 1"
+                ).fetchall())
+    finally:
+        con.close()
+    for export_id, fmt, stored_path in archived:
+        if fmt in TABULAR_FORMATS:
+            data = read_stored(lake_root, stored_path)
+            expected = sum(1 for _ in iter_json_rows(lambda d=data: io.BytesIO(d), fmt))
+            assert rows_by_export.get(export_id, 0) == expected, (
+                f"export {export_id} is archived with {rows_by_export.get(export_id, 0)} of "
+                f"its {expected} rows")
+    return len(archived)
 
 
 # ------------------------------------------------------------------ writes and secrets

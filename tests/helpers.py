@@ -17,7 +17,7 @@ import openpyxl
 from assets.tabular import CSV_FORMAT
 from pipelines.definitions import defs
 from posthog_sim import DatasetSpec, FaultSpec, SimConfig, Simulator
-from resources.lake import Lake, LakeResource
+from resources.lake import Lake, LakeResource, Location
 from resources.posthog import PostHogResource
 
 
@@ -26,10 +26,16 @@ class SimEnv:
     sim: Simulator
     tmp: Path
     posthog_overrides: dict[str, Any] = field(default_factory=dict)
+    lake_uri: str | None = None  # e.g. s3://bucket/prefix; default: a local lake under tmp
 
     @property
-    def lake_root(self) -> Path:
-        return self.tmp / "lake"
+    def lake_root(self) -> Any:
+        """The lake root: a local Path, or the s3:// URI string of an S3 lake."""
+        return self.lake_uri or self.tmp / "lake"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.tmp / "state"
 
     @property
     def database(self) -> Path:
@@ -40,7 +46,7 @@ class SimEnv:
             "host": self.sim.api_url,
             "project_id": str(self.sim.project_id),
             "personal_api_key": self.sim.api_key,
-            "state_dir": str(self.lake_root),
+            "state_dir": str(self.state_dir),
             "requests_per_minute": "0",
             "requests_per_hour": "0",
             "request_retry_delay": 0.01,
@@ -51,7 +57,8 @@ class SimEnv:
         }
         return {
             "posthog": PostHogResource(**config),
-            "lake": LakeResource(lake_root=str(self.lake_root), duckdb_database=str(self.database)),
+            "lake": LakeResource(lake_root=str(self.lake_root), duckdb_database=str(self.database),
+                                 state_dir=str(self.state_dir)),
         }
 
     def lake(self) -> Lake:
@@ -80,13 +87,13 @@ class SimEnv:
 @contextlib.contextmanager
 def start_sim(tmp_path: Path, *, groups_per_type: Sequence[int] = (450, 230, 17),
               n_exports: int = 30, seed: int = 3, faults: FaultSpec | None = None,
-              **config: Any) -> Iterator[SimEnv]:
+              lake_uri: str | None = None, **config: Any) -> Iterator[SimEnv]:
     dataset = DatasetSpec(seed=seed, groups_per_type=tuple(groups_per_type), n_exports=n_exports,
                           hostile=config.pop("hostile", False))
     cfg = SimConfig(dataset=dataset, faults=faults or FaultSpec(rate=0.0),
                     rate_limits=config.pop("rate_limits", None), **config)
     with Simulator(cfg) as sim:
-        yield SimEnv(sim=sim, tmp=tmp_path)
+        yield SimEnv(sim=sim, tmp=tmp_path, lake_uri=lake_uri)
 
 
 def expected_groups(sim: Simulator) -> dict[tuple[int, str], dict[str, Any]]:
@@ -103,6 +110,19 @@ def landed_groups(env: SimEnv) -> dict[tuple[int, str], dict[str, Any]]:
         "strftime(created_at AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%f') FROM posthog.groups"
     )
     return {(i, k): {"group_properties": json.loads(p), "created_at": c} for i, k, p, c in rows}
+
+
+def read_stored(lake_root: Path | str, stored_path: str) -> bytes:
+    """An archived file's bytes, from a local or S3 lake (never outside it)."""
+    location = Location.parse(str(lake_root))
+    assert ".." not in stored_path.split("/") and not stored_path.startswith("/"), stored_path
+    if location.is_local:
+        path = (Path(location.uri) / stored_path).resolve()
+        assert path.is_relative_to(Path(location.uri).resolve()), f"{stored_path} outside"
+        return path.read_bytes()
+    with location.filesystem.open_input_stream(
+            location.fs_path(location.join(stored_path))) as fh:
+        return fh.read()
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:

@@ -22,6 +22,7 @@ from tests.helpers import (
     expected_groups,
     failure_text,
     landed_groups,
+    read_stored,
     start_sim,
 )
 
@@ -97,10 +98,9 @@ def assert_warehouse_equals_simulator(env) -> None:
                     and not e["export_format"].startswith("video/")]
     assert {e["id"] for e in with_content} <= by_id.keys()
     for export_id, sha256, size, stored_path, _ in contents:
-        data = (env.lake_root / stored_path).read_bytes()
+        data = read_stored(env.lake_root, stored_path)  # asserts it is inside the lake
         assert data == ds.export_content(export_id)
         assert hashlib.sha256(data).hexdigest() == sha256 and len(data) == size
-        assert (env.lake_root / stored_path).resolve().is_relative_to(env.lake_root.resolve())
 
     # CSV and XLSX rows: header order and cell text kept
     for export_id, *_rest, fmt in contents:
@@ -152,9 +152,40 @@ def test_second_sync_downloads_zero_content_bytes(sim_env):
     assert meta["bytes_downloaded"].value == 0
     assert not [r for r in sim_env.sim.request_log if r.server == "storage" or "/content" in r.path]
     assert_warehouse_equals_simulator(sim_env)
-    # groups_history keeps both snapshots
-    snapshots = sim_env.query("SELECT count(DISTINCT synced_at) FROM posthog.groups_history")
-    assert snapshots[0][0] == 2
+    # nothing changed: groups_history holds one open version per group, from the first sync
+    (versions, open_, starts), = sim_env.query(
+        "SELECT count(*), count(*) FILTER (valid_to IS NULL), count(DISTINCT valid_from) "
+        "FROM posthog.groups_history")
+    assert versions == open_ == len(expected_groups(sim_env.sim)) and starts == 1
+
+
+def test_groups_history_is_a_type_2_history_of_changes(sim_env):
+    """A group that changes gets a new version; the old one is closed at the same instant."""
+    assert sim_env.sync(select=["posthog_group_types", "posthog_groups"]).success
+    sim_env.sim.dataset.insert_group(0, "acme-co", {"plan": "free"})
+    first = sim_env.sync(select=["posthog_group_types", "posthog_groups"])
+    sim_env.sim.dataset.insert_group(0, "acme-co", {"plan": "paid"})
+    second = sim_env.sync(select=["posthog_group_types", "posthog_groups"])
+    assert first.success and second.success
+    versions = sim_env.query(
+        "SELECT group_properties->>'plan', valid_from, valid_to FROM posthog.groups_history "
+        "WHERE group_key = 'acme-co' ORDER BY valid_from")
+    assert [v[0] for v in versions] == ["free", "paid"]
+    assert versions[0][2] == versions[1][1] and versions[1][2] is None
+    # the README's question: when did it move from free to paid?
+    (moved,), = sim_env.query(
+        "SELECT min(valid_from) FROM posthog.groups_history "
+        "WHERE group_key = 'acme-co' AND group_properties->>'plan' = 'paid'")
+    assert moved == versions[1][1]
+    # every other group kept its single version; groups equals the open versions
+    (changed,), = sim_env.query(
+        "SELECT count(*) FROM (SELECT group_type_index, group_key FROM posthog.groups_history "
+        "GROUP BY ALL HAVING count(*) > 1)")
+    assert changed == 1
+    assert sim_env.query(
+        "SELECT count(*) FROM (SELECT group_type_index, group_key, group_properties::VARCHAR "
+        "FROM posthog.groups EXCEPT SELECT group_type_index, group_key, group_properties::VARCHAR"
+        " FROM posthog.groups_history WHERE valid_to IS NULL)") == [(0,)]
 
 
 def test_sync_with_random_faults_is_exact_and_fetches_once(tmp_path):
@@ -191,8 +222,7 @@ def test_failed_sync_leaves_previous_snapshot_and_next_sync_succeeds(sim_env):
     after = landed_groups(sim_env)
     assert (0, "new-group-after-first-sync") in after
     assert after.keys() == expected_groups(sim_env.sim).keys()
-    debris = [p for p in sim_env.lake_root.rglob("*") if "_staging" in p.parts and p.is_file()]
-    assert debris == []
+    assert list((sim_env.state_dir / "tmp" / "staging").glob("*")) == []
 
 
 def test_key_never_reaches_another_origin(tmp_path):
@@ -316,7 +346,7 @@ def test_requested_exports_are_created_waited_on_and_archived(sim_env):
                              ("video/webm", "archived"), ("text/csv", "failed")])
     for export_id, sha256, stored_path in sim_env.query(
             "SELECT export_id, sha256, stored_path FROM posthog.export_contents"):
-        data = (sim_env.lake_root / stored_path).read_bytes()
+        data = read_stored(sim_env.lake_root, stored_path)
         assert data == sim_env.sim.dataset.export_content(export_id)
 
 

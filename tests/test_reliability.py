@@ -106,7 +106,7 @@ def test_hostile_dataset_lands_exactly_and_writes_only_inside_lake(tmp_path):
         assert big > 60 * 1024 * 1024
         # nothing outside LAKE_ROOT / DUCKDB_DATABASE
         top = set(os.listdir(env.tmp))
-        assert top <= {"lake", "warehouse.duckdb", "warehouse.duckdb.wal"}, top
+        assert top <= {"lake", "state", "warehouse.duckdb", "warehouse.duckdb.wal"}, top
         assert not Path("/abs/path.csv").exists() and not Path("/etc/passwd.csv").exists()
         assert set(os.listdir(ROOT)) == cwd_before
         stored = env.query("SELECT stored_path FROM posthog.export_contents")
@@ -129,7 +129,7 @@ def test_hostile_next_link_never_carries_the_key_elsewhere(tmp_path, mode):
             text = failure_text(result)
             assert "next link" in text or "repeated cursor" in text, text[:500]
             assert env.sim.api_key not in text
-            assert not (env.lake_root / "posthog" / "_current" / "groups.json").exists()
+            assert not (env.lake_root / "posthog" / "groups" / "_delta_log").exists()
 
 
 # ------------------------------------------------------------------ 6. secrets

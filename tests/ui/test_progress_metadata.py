@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
@@ -66,20 +65,21 @@ def test_progress_shows_bytes_and_time_left_when_the_total_is_known(caplog):
     assert "rate budget" not in line
 
 
-def test_metadata_links_every_parquet_dataset_and_lists_every_archive_state():
+def test_metadata_links_every_delta_table_and_lists_every_archive_state():
     now = datetime.now(UTC)
     published = [
-        PublishedTable("export_contents", "s1", 3, ["posthog/export_contents/snapshot_id=s1/p.parquet"], now),
-        PublishedTable("export_rows", "s1", 9, ["posthog/export_rows/snapshot_id=s1/p.parquet"], now),
+        PublishedTable("export_contents", 4, 3, [], now, uri="/lake/posthog/export_contents"),
+        PublishedTable("export_rows", 7, 9, [], now, uri="/lake/posthog/export_rows"),
     ]
     meta = sync_metadata(
-        ClientStats(), published, lake_root=Path("/lake"),
+        ClientStats(), published,
         preview=[{"export_id": 1, "state": "archived", "detail": "a|b"}],
         extra={"archive_state": dg.MetadataValue.json({"archived": 1, "failed": 2})},
     )
-    assert meta["dagster/uri"] == dg.MetadataValue.path("/lake/posthog/export_contents/snapshot_id=s1")
+    assert meta["dagster/uri"] == dg.MetadataValue.path("/lake/posthog/export_contents")
     assert meta["dagster/table_name"] == "posthog.export_contents"
-    assert meta["parquet/export_rows"] == dg.MetadataValue.path("/lake/posthog/export_rows/snapshot_id=s1")
+    assert meta["delta_version"] == 4
+    assert meta["delta/export_rows"] == dg.MetadataValue.path("/lake/posthog/export_rows@v7")
     assert meta["archive_state"].data == {"archived": 1, "pending": 0, "failed": 2, "expired": 0}
     assert meta["rows"].data == {"export_contents": 3, "export_rows": 9}
     assert "a\\|b" in meta["preview"].md_str

@@ -1,0 +1,137 @@
+"""Type-2 history of a snapshot table: one row per version of a row, kept for good.
+
+At each snapshot commit the new rows are compared with the history's open versions
+(``valid_to IS NULL``) on the table's key, by a 64-bit hash of the other columns (a collision,
+about 2^-64 per changed row, would hide one change). Changed and new rows open a version
+(``valid_from`` = the sync's ``synced_at``); changed and vanished rows close theirs
+(``valid_to`` = the same instant). One Delta merge commits both; nothing is committed when
+nothing changed, so the history grows only with changes.
+
+The history is committed *before* its snapshot table: a kill between the two leaves the
+snapshot table at its old version and the history already knowing the new one; the next sync
+compares against that history and adds exactly what changed since.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+from deltalake import write_deltalake
+
+from resources.lake import faults
+from resources.lake.commit import Committed, commit_properties, open_table, table_uri
+from resources.lake.errors import LakeError, literal, quote
+from resources.lake.location import Location
+from resources.lake.spec import SYNCED_AT, VALID_FROM, VALID_TO, TableSpec
+from resources.lake.staging import StagedTable, parquet_list
+
+
+def commit_history(location: Location, schema: str, staged: StagedTable, work_dir: Path, *,
+                   asset: str | None, run_id: str | None,
+                   configuration: dict[str, str] | None = None) -> Committed:
+    """Merge the staged snapshot's changes into its history table (one commit, or none)."""
+    spec = staged.spec
+    history = spec.history_spec
+    assert history is not None
+    uri = table_uri(location, schema, history.name)
+    at = staged.synced_at
+    existing = open_table(location, uri)
+    key = [quote(k) for k in spec.key]
+    tracked = [quote(f.name) for f in spec.schema if f.name not in spec.key
+               and f.name != SYNCED_AT]
+    columns = [quote(f.name) for f in history.full_schema]
+    new = f"read_parquet({parquet_list(staged.files)})" if staged.files else None
+    spill = work_dir / f"history-{spec.name}.spill"
+    con = location.register(duckdb.connect())
+    try:
+        con.execute(f"SET temp_directory = {literal(str(spill))}")
+        con.execute("SET memory_limit = '256MB'")
+        con.execute("SET preserve_insertion_order = false")
+        at_sql = f"{literal(at.isoformat())}::TIMESTAMPTZ"
+        empty_new = (f"(SELECT {', '.join(quote(f.name) for f in spec.full_schema)} "
+                     f"FROM {_open_source(con, location, existing, history)} WHERE false)")
+        new = new or empty_new
+        if existing is None:
+            rows = con.execute(f"SELECT count(*) FROM {new}").fetchall()[0][0]
+            source = con.sql(
+                f"SELECT * EXCLUDE ({quote(SYNCED_AT)}), {at_sql} AS {quote(VALID_FROM)}, "
+                f"NULL::TIMESTAMPTZ AS {quote(VALID_TO)}, {quote(SYNCED_AT)} FROM {new}"
+            )
+            props = commit_properties(asset, run_id, at, rows)
+            faults.point(f"before_commit:{history.name}")
+            write_deltalake(uri, _cast(source, history), mode="overwrite",
+                            schema_mode="overwrite", description=history.description,
+                            configuration=configuration,
+                            storage_options=location.storage_options, commit_properties=props)
+            faults.point(f"after_commit:{history.name}")
+            return Committed(history.name, open_table(location, uri).version(), rows, uri)
+        open_rows = (f"(SELECT * FROM {_open_source(con, location, existing, history)} "
+                     f"WHERE {quote(VALID_TO)} IS NULL)")
+        keys = ", ".join(key)
+        con.execute(
+            "CREATE TEMP TABLE changed AS SELECT "
+            + ", ".join(f"coalesce(n.{k}, o.{k}) AS {k}" for k in key)
+            + f", o.{quote(VALID_FROM)} AS old_from, n.h IS NOT NULL AS in_new "
+            f"FROM (SELECT {keys}, hash({', '.join(tracked)}) AS h FROM {new}) n "
+            f"FULL OUTER JOIN (SELECT {keys}, {quote(VALID_FROM)}, "
+            f"hash({', '.join(tracked)}) AS h FROM {open_rows}) o "
+            f"USING ({keys}) WHERE n.h IS DISTINCT FROM o.h"
+        )
+        (changes,) = con.execute("SELECT count(*) FROM changed").fetchall()[0]
+        if not changes:
+            return Committed(history.name, None, 0, uri)
+        on = " AND ".join(f"x.{k} IS NOT DISTINCT FROM c.{k}" for k in key)
+        opened = (f"SELECT x.* EXCLUDE ({quote(SYNCED_AT)}), {at_sql} AS {quote(VALID_FROM)}, "
+                  f"NULL::TIMESTAMPTZ AS {quote(VALID_TO)}, x.{quote(SYNCED_AT)} "
+                  f"FROM {new} x SEMI JOIN (SELECT * FROM changed WHERE in_new) c ON {on}")
+        closed = (f"SELECT x.* REPLACE ({at_sql} AS {quote(VALID_TO)}) FROM {open_rows} x "
+                  f"SEMI JOIN (SELECT * FROM changed WHERE old_from IS NOT NULL) c "
+                  f"ON {on} AND x.{quote(VALID_FROM)} = c.old_from")
+        source = con.sql(f"SELECT {', '.join(columns)} FROM ({opened}) "
+                         f"UNION ALL BY NAME SELECT {', '.join(columns)} FROM ({closed})")
+        predicate = " AND ".join(
+            f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in (*spec.key, VALID_FROM))
+        props = commit_properties(asset, run_id, at, changes)
+        faults.point(f"before_commit:{history.name}")
+        (
+            existing.merge(_cast(source, history), predicate, source_alias="s",
+                           target_alias="t", merge_schema=True, commit_properties=props)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        faults.point(f"after_commit:{history.name}")
+        return Committed(history.name, open_table(location, uri).version(), changes, uri)
+    except duckdb.Error as exc:
+        raise LakeError(f"{history.name}: computing the history's changes failed: {exc}") from exc
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _open_source(con, location: Location, existing, history: TableSpec) -> str:
+    """SQL for the history table's current rows (an empty relation before its first commit)."""
+    files = location.data_files(existing) if existing is not None else []
+    if files:
+        return f"read_parquet({parquet_list(files)}, union_by_name = true)"
+    from resources.lake.warehouse import empty_relation
+
+    return empty_relation(history.full_schema)
+
+
+def _cast(relation, spec: TableSpec):
+    """The relation's batches in the spec's exact Arrow schema (DuckDB's types differ a little:
+    JSON metadata, string views)."""
+    import pyarrow as pa
+
+    schema = spec.full_schema
+    reader = relation.to_arrow_reader(10_000)
+
+    def batches():
+        for batch in reader:
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(f.name).cast(f.type) for f in schema], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())

@@ -1,0 +1,313 @@
+"""A sync's rows, streamed to local Parquet files before the lake commits them.
+
+Rows arrive over minutes (a crawl of a million groups); they are written as they come, to files
+in the local state directory, so memory stays flat and nothing reaches the lake until the
+commit. At the commit the files are read back as one stream of Arrow batches (deduplicated on
+the table's key first, when the table asks for it) and handed to delta-rs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from resources.lake.errors import LakeError, literal, quote
+from resources.lake.spec import SYNCED_AT, SYNCED_AT_TYPE, TableSpec
+
+# Rows given as dicts are turned into Arrow this many at a time: as Python objects a row takes
+# several times its Arrow size, so the dicts are kept few while a row group fills.
+_ROWS_AS_DICTS = 2_000
+BATCH_ROWS = 10_000
+# read_parquet globs every path; a one-character class matches the character literally
+_GLOB_CHARS = re.compile(r"([*?\[])")
+
+
+def release_memory() -> None:
+    """Give freed memory back to the OS. Every step of a run shares one process, and the
+    allocators (Python's, glibc's, Arrow's) otherwise keep what one step used for the next:
+    trimming after each step keeps the run's peak at its largest step's instead of their sum."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere there is nothing to trim
+    except (OSError, AttributeError):
+        pass
+
+
+def count_distinct_keys(first_row: Callable[[str], tuple], source: str, key: str
+                        ) -> tuple[int, int]:
+    """(rows, distinct keys) of ``source`` (SQL after FROM), ``key`` a list of quoted columns;
+    ``first_row`` runs a query and returns its first row.
+
+    Distinct 64-bit hashes prove distinct keys in a fraction of the memory (a million keys:
+    16 MB of hashes, not 100 MB of strings); only a collision or a real duplicate makes it
+    compare the keys themselves.
+    """
+    total, hashes = first_row(f"SELECT count(*), count(DISTINCT hash({key})) FROM {source}")
+    if total == hashes:
+        return total, total
+    (distinct,) = first_row(f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM {source})")
+    return total, distinct
+
+
+def parquet_list(paths: Iterable[str | Path]) -> str:
+    """A DuckDB list literal of file paths, glob characters escaped (read_parquet globs)."""
+    escaped = [literal(_GLOB_CHARS.sub(r"[\1]", str(path))) for path in paths]
+    return "[" + ", ".join(escaped) + "]"
+
+
+def remove_dead_leftovers(directory: Path) -> int:
+    """Remove entries ``<name>-<pid>-<hex>[.part]`` whose process is gone; how many."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for path in directory.iterdir():
+        match = re.fullmatch(r".*?-?(\d+)-[0-9a-f]{12,32}(\.part)?", path.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StagedTable:
+    """One table's rows for one sync, in local Parquet files until the lake commits them."""
+
+    def __init__(self, spec: TableSpec, directory: Path, synced_at: datetime, *,
+                 batch_rows: int = BATCH_ROWS) -> None:
+        self.spec = spec
+        self.synced_at = synced_at
+        # the pid in the name lets a later sync remove what a killed process left
+        self.directory = directory / f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.directory.mkdir(parents=True)
+        self.rows_written = 0
+        self.duplicates_dropped = 0
+        self._batch_rows = batch_rows
+        self._schema = spec.full_schema
+        self._data_schema = pa.schema([f for f in self._schema if f.name != SYNCED_AT])
+        self._allowed = frozenset(spec.schema.names)
+        self._synced_at = pa.scalar(synced_at, type=SYNCED_AT_TYPE)
+        self._buffer: list[dict] = []
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._parquet: pq.ParquetWriter | None = None
+        self.files: list[Path] = []
+        self.covered: set = set()  # key values replaced even without rows (``replace_keys``)
+        self.state: Literal["open", "closed", "committed", "aborted"] = "open"
+
+    def __enter__(self) -> StagedTable:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self.state == "open":
+            self.close()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_rows(self, rows: Iterable[dict]) -> None:
+        """Buffer rows (missing keys are null; unknown keys are an error)."""
+        self._require_open()
+        allowed = self._allowed
+        buffer = self._buffer
+        limit = min(_ROWS_AS_DICTS, self._batch_rows)
+        for row in rows:
+            if not row.keys() <= allowed:
+                unknown = sorted(set(row) - allowed)
+                raise LakeError(f"{self.spec.name}: unknown column(s) {unknown}; not in the schema")
+            buffer.append(row)
+            if len(buffer) >= limit:
+                self._flush_rows()
+
+    def write_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Write Arrow data; columns are matched by name, cast to the schema, missing ones null."""
+        self._require_open()
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        unknown = sorted(set(table.column_names) - self._allowed)
+        if unknown:
+            raise LakeError(f"{self.spec.name}: unknown column(s) {unknown}; not in the schema")
+        columns = []
+        for f in self._data_schema:
+            if f.name in table.column_names:
+                try:
+                    columns.append(table.column(f.name).cast(f.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                    raise LakeError(f"{self.spec.name}.{f.name}: cannot cast: {e}") from e
+            else:
+                columns.append(pa.nulls(table.num_rows, f.type))
+        table = pa.Table.from_arrays(columns, schema=self._data_schema)
+        self._flush_rows()  # keep row order across write_rows and write_batch
+        for chunk in table.to_batches(max_chunksize=self._batch_rows):
+            self._stage(chunk)
+
+    def close(self) -> None:
+        """Finish the files, deduplicated on the key for a snapshot table."""
+        if self.state != "open":
+            return
+        self._flush_rows()
+        self._drain()
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        if self.spec.key and self.spec.mode == "snapshot" and self.rows_written:
+            release_memory()
+            self._dedupe()
+        self.state = "closed"
+
+    def abort(self) -> None:
+        """Drop everything staged."""
+        if self.state in ("committed", "aborted"):
+            return
+        self.state = "aborted"
+        if self._parquet is not None:
+            try:
+                self._parquet.close()
+            except Exception:  # the files are being thrown away anyway
+                pass
+            self._parquet = None
+        self._buffer.clear()
+        self._pending.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def discard(self) -> None:
+        """The lake committed the rows: the staged files are no longer needed."""
+        self.state = "committed"
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- reading back ------------------------------------------------------------------------
+
+    def batches(self) -> pa.RecordBatchReader:
+        """The staged rows as one stream (the schema's columns, in the order written)."""
+        schema = self._schema
+
+        def read() -> Iterator[pa.RecordBatch]:
+            for path in self.files:
+                with pq.ParquetFile(path) as parquet:
+                    yield from parquet.iter_batches(batch_size=self._batch_rows)
+
+        return pa.RecordBatchReader.from_batches(schema, read())
+
+    def cover(self, values: Iterable) -> None:
+        """Replace these key values at the commit even if no row has them (``replace_keys``)."""
+        self.covered.update(values)
+
+    def key_values(self) -> list:
+        """The key values the commit replaces: those of the staged rows and ``cover``'s."""
+        (column,) = self.spec.key
+        values: set = set(self.covered)
+        for path in self.files:
+            with pq.ParquetFile(path) as parquet:
+                values.update(parquet.read(columns=[column]).column(column).to_pylist())
+        return sorted(v for v in values if v is not None)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self.state != "open":
+            raise LakeError(f"{self.spec.name}: writer is {self.state}")
+
+    def _flush_rows(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            batch = pa.RecordBatch.from_pylist(self._buffer, schema=self._data_schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
+            raise LakeError(f"{self.spec.name}: a row does not fit the schema: {e}") from e
+        self._buffer.clear()  # in place: write_rows holds a reference to this list
+        self._stage(batch)
+
+    def _stage(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        if self._pending_rows >= self._batch_rows:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self._data_schema)
+            self._pending.clear()
+            self._pending_rows = 0
+            self._write(table)
+
+    def _write(self, data: pa.Table) -> None:
+        n = data.num_rows
+        if n == 0:
+            return
+        synced_at = pa.repeat(self._synced_at, n)
+        arrays = [synced_at if f.name == SYNCED_AT else data.column(f.name) for f in self._schema]
+        if self._parquet is None:
+            path = self.directory / f"part-{len(self.files):05d}.parquet"
+            # uncompressed: these files are read once, moments later, on the same disk
+            self._parquet = pq.ParquetWriter(path, self._schema, compression="none")
+            self.files.append(path)
+        self._parquet.write_table(pa.Table.from_arrays(arrays, schema=self._schema),
+                                  row_group_size=n)
+        self.rows_written += n
+
+    def _dedupe(self) -> None:
+        """Keep one row per key (the last one written), out of core in DuckDB.
+
+        A listing can serve a row twice (e.g. a group created mid-crawl); counting distinct keys
+        is cheap, and the files are rewritten only when there are duplicates.
+        """
+        key = ", ".join(quote(k) for k in self.spec.key)
+        files = parquet_list(self.files)
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET temp_directory = {literal(str(self.directory / '.spill'))}")
+            con.execute("SET memory_limit = '128MB'")
+            con.execute("SET threads = 1")
+            total, distinct = count_distinct_keys(
+                lambda sql: con.execute(sql).fetchall()[0], f"read_parquet({files})", key
+            )
+            self.duplicates_dropped = total - distinct
+            if total == distinct:
+                return
+            columns = ", ".join(quote(f.name) for f in self._schema)
+            reader = con.sql(
+                f"SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
+                "ORDER BY filename DESC, file_row_number DESC) AS rn__ "
+                f"FROM read_parquet({files}, filename = true, file_row_number = true)) "
+                "WHERE rn__ = 1"
+            ).to_arrow_reader(self._batch_rows)
+            path = self.directory / "deduplicated.parquet"
+            rows = 0
+            with pq.ParquetWriter(path, self._schema, compression="none") as out:
+                for batch in reader:
+                    out.write_table(pa.Table.from_batches([pa.RecordBatch.from_arrays(
+                        [batch.column(i).cast(f.type) for i, f in enumerate(self._schema)],
+                        schema=self._schema)]))
+                    rows += batch.num_rows
+            for old in self.files:
+                os.unlink(old)
+            self.files = [path]
+            self.rows_written = rows
+        finally:
+            con.close()
+            shutil.rmtree(self.directory / ".spill", ignore_errors=True)
