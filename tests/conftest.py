@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import SimEnv, start_sim
 
+pytest_plugins = ("tests.s3_fixtures",)  # s3_server, s3_bucket
+
 
 @pytest.fixture
 def sim_env(tmp_path) -> SimEnv:
