@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from resources import jsontext
+from . import _jsontext as jsontext
 
 from . import content as C
 from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
@@ -41,9 +41,9 @@ SIM_STATS_PATH = "/_sim/stats"
 def dumps(obj: Any) -> bytes:
     """DRF JSONRenderer: compact, unicode, with U+2028/2029 escaped.
 
-    `resources.jsontext` writes it: orjson where that is json's text (a 64 KB page of groups in
-    0.35 ms, not 0.65, so that a benchmark measures the tool, not the simulator), json
-    elsewhere. There is no NaN to write: DRF's default strict JSON refuses it in request bodies
+    `_jsontext` (a copy of the pipeline's `resources/jsontext.py`) writes it: orjson where that
+    is json's text (a 64 KB page of groups in 0.35 ms, not 0.65, so that a benchmark measures
+    the tool, not the simulator), json elsewhere. There is no NaN to write: DRF's default strict JSON refuses it in request bodies
     (`loads_body`) as in responses.
     """
     s = jsontext.dumps(obj, allow_nan=False)

@@ -49,13 +49,15 @@ class PostHogAPIError(PostHogError):
         code: str | None = None,
         detail: str | None = None,
         hint: str | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.detail = detail
         self.method = method
         self.path = path
-        self.hint = hint if hint is not None else _default_hint(status, detail)
+        self.endpoint = endpoint
+        self.hint = hint if hint is not None else _default_hint(status, detail, method, endpoint)
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -114,7 +116,9 @@ def _rebuild(cls: type, state: dict) -> PostHogError:
     return err
 
 
-def _default_hint(status: int, detail: str | None) -> str:
+def _default_hint(
+    status: int, detail: str | None, method: str | None = None, endpoint: str | None = None
+) -> str:
     detail = detail or ""
     if status == 401:
         return (

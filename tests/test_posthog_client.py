@@ -208,7 +208,7 @@ def test_client_sends_auth_accept_and_user_agent_per_request(
         assert request.headers["Accept"] == "application/json"
         assert request.headers["User-Agent"] == USER_AGENT
     # The key is not a client-wide default header, so nothing else can pick it up.
-    assert "Authorization" not in client._http.headers
+    assert "Authorization" not in client._t.http.headers
 
 
 def test_client_logs_deprecation_warning_once_per_endpoint(
