@@ -9,6 +9,7 @@ import dagster as dg
 __all__ = [
     "PostHogAPIError",
     "PostHogConfigError",
+    "PostHogConnectionError",
     "PostHogEndpointMissingError",
     "PostHogError",
     "PostHogNotFoundError",
@@ -79,6 +80,32 @@ class PostHogNotFoundError(PostHogAPIError):
 
 class PostHogEndpointMissingError(PostHogNotFoundError):
     """404 "Endpoint not found.": this PostHog version does not serve the endpoint at all."""
+
+
+class PostHogConnectionError(PostHogError):
+    """PostHog (POSTHOG_HOST) could not be reached and has not answered once in this run."""
+
+    def __init__(self, *, host: str, method: str, path: str, attempts: int, cause: str) -> None:
+        self.host = host
+        self.method = method
+        self.path = path
+        self.attempts = attempts
+        self.cause = cause
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        noun = "attempt" if self.attempts == 1 else "attempts"
+        return (
+            f"Could not connect to POSTHOG_HOST={self.host} ({self.method} {self.path}, "
+            f"{self.attempts} {noun}; {self.cause}), and it has not answered once in this run. "
+            "Check POSTHOG_HOST for a typo (https://us.posthog.com or https://eu.posthog.com), "
+            "that the name resolves (DNS), that something is listening on that host and port "
+            "(a self-hosted PostHog or the simulator may not be running), and any proxy in "
+            "HTTPS_PROXY / HTTP_PROXY."
+        )
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.__dict__.copy()))
 
 
 class PostHogRetryError(PostHogError):

@@ -23,6 +23,7 @@ from resources import jsontext
 from resources.budget import RequestBudget
 from resources.errors import (
     PostHogAPIError,
+    PostHogConnectionError,
     PostHogEndpointMissingError,
     PostHogError,
     PostHogNotFoundError,
@@ -38,6 +39,10 @@ USER_AGENT = "posthog-pipeline/0.1"
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _ENDPOINT_MISSING = "Endpoint not found."
+# A host that has never answered gets one quick retry (a blip while a local server starts),
+# not the hours of backoff meant for a PostHog that answered and then went away.
+_UNANSWERED_ATTEMPTS = 2
+_UNANSWERED_DELAY_S = 0.5
 
 
 @dataclass
@@ -92,6 +97,8 @@ class Outcome:
     status: int | None = None
     # False when repeating the request could duplicate a side effect (a POST that may have run).
     replay_safe: bool = True
+    # a connection to PostHog failed and PostHog has not answered this client yet
+    unanswered: str | None = None
 
 
 @dataclass
@@ -135,6 +142,8 @@ class Transport:
         self.sleep = sleep
         self.log = logger or logging.getLogger("resources.posthog_client")
         self.stats = ClientStats()
+        # set once PostHog (the configured origin) has answered anything at all
+        self.answered = False
         self._warned_deprecated: set[str] = set()
         self._warned_lock = threading.Lock()
         # Only the User-Agent is a client default: auth is added per request so a redirect or a
@@ -194,7 +203,8 @@ class Transport:
         self.stats.count_request(f"{call.method} {call.endpoint}")
 
     def heard_from_posthog(self, call: Call, response: httpx.Response) -> None:
-        """PostHog answered (any status)."""
+        """PostHog answered (any status): later connection errors are outages, not typos."""
+        self.answered = True
         self._check_deprecation(call, response)
 
     # ---- one JSON call ------------------------------------------------------------------
@@ -273,6 +283,14 @@ class Transport:
         # its Authorization header) is ever chained onto our error.
         if outcome.error is not None:
             raise outcome.error
+        if outcome.unanswered is not None:
+            raise PostHogConnectionError(
+                host=self.origin,
+                method=call.method,
+                path=call.path,
+                attempts=call.attempts,
+                cause=outcome.unanswered,
+            )
         if outcome.retry_cause is not None:
             hint = None
             if not outcome.replay_safe and not call.idempotent:
@@ -298,6 +316,9 @@ class Transport:
         outcome: Outcome = retry_state.outcome.result()
         if outcome.retry_cause is None:
             return False
+        if outcome.unanswered is not None and retry_state.attempt_number >= _UNANSWERED_ATTEMPTS:
+            self.log.debug("not retrying: %s has never answered this client", self.origin)
+            return False
         if not outcome.replay_safe:
             self.log.debug(
                 "not retrying after %s: the request may have had effects", outcome.retry_cause
@@ -311,6 +332,8 @@ class Transport:
         outcome: Outcome = retry_state.outcome.result()
         if outcome.retry_after is not None:
             return min(outcome.retry_after, self.retry_max_delay)
+        if outcome.unanswered is not None:
+            return min(_UNANSWERED_DELAY_S, self.retry_max_delay)
         backoff = min(
             self.retry_base_delay * 2 ** (retry_state.attempt_number - 1), self.retry_max_delay
         )
@@ -330,7 +353,7 @@ class Transport:
             call.path,
             outcome.retry_cause,
             retry_state.attempt_number,
-            self.max_retries,
+            _UNANSWERED_ATTEMPTS - 1 if outcome.unanswered is not None else self.max_retries,
             delay,
             "Retry-After" if outcome.retry_after is not None else "backoff",
         )
@@ -366,7 +389,16 @@ class Transport:
             )
         # A request that never reached the server can always be replayed.
         never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-        return Outcome(retry_cause=cause, replay_safe=call.idempotent or never_sent)
+        unanswered = None
+        if (
+            not where
+            and not self.answered
+            and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError)
+        ):
+            unanswered = f"{name}: {self.redact(str(exc))[:200] or 'no detail'}"
+        return Outcome(
+            retry_cause=cause, replay_safe=call.idempotent or never_sent, unanswered=unanswered
+        )
 
     def status_outcome(self, call: Call, response: httpx.Response) -> Outcome:
         """What a non-2xx answer from PostHog means."""

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import pickle
+import socket
+import time
 import traceback
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import pytest
 from resources.errors import (
     PostHogAPIError,
     PostHogConfigError,
+    PostHogConnectionError,
     PostHogEndpointMissingError,
     PostHogError,
     PostHogNotFoundError,
@@ -721,6 +724,61 @@ def test_retry_503_honours_retry_after(
     )
     make_client().list_group_types()
     assert sleeps == [11.0]
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["closed-port", "http://nonexistent.invalid", "https://eu.posthgo.invalid"],
+)
+def test_unreachable_host_fails_fast_naming_host_and_variable(host: str) -> None:
+    # Real sockets and real sleeps: a closed local port and names that never resolve (.invalid
+    # is reserved, RFC 2606), so no internet is needed.
+    if host == "closed-port":
+        host = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with PostHogClient(host=host, project_id="1", api_key=KEY) as client:
+        with pytest.raises(PostHogConnectionError) as info:
+            client.list_group_types()
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+    message = str(info.value)
+    assert f"POSTHOG_HOST={host}" in message
+    assert "typo" in message and "DNS" in message and "listening" in message
+    assert "proxy" in message
+    assert "status page" not in message
+    assert info.value.attempts == 2  # one quick retry, no more
+    assert KEY not in full_error_text(info.value)
+
+
+def test_unreachable_host_gets_one_quick_retry_only(
+    api: Api, make_client: Callable[..., PostHogClient], sleeps: list[float]
+) -> None:
+    api.add("GET", f"{BASE}/groups_types/", httpx.ConnectError("[Errno 111] Connection refused"))
+    with pytest.raises(PostHogConnectionError, match="Connection refused"):
+        make_client().list_group_types()
+    assert sleeps == [0.5]
+    assert len(api.requests) == 2
+
+
+def test_host_that_answered_before_keeps_the_long_retries(
+    api: Api, make_client: Callable[..., PostHogClient], sleeps: list[float]
+) -> None:
+    # PostHog answered once in this run, then stopped: an outage, not a typo.
+    api.add("GET", f"{BASE}/groups_types/", jresp(200, []))
+    api.add("GET", f"{BASE}/exports/5/", httpx.ConnectError("[Errno 111] Connection refused"))
+    client = make_client()
+    client.list_group_types()
+    with pytest.raises(PostHogRetryError, match="ConnectError"):
+        client.get_export(5)
+    assert len(sleeps) == 8
+    assert len(api.requests) == 1 + 9
 
 
 @pytest.mark.parametrize(
