@@ -30,6 +30,7 @@ from resources.errors import (
     PostHogRetryError,
 )
 from resources.posthog_config import ConnectionSettings
+from resources.posthog_logging import install_http_log_redaction
 
 __all__ = ["DEFAULT_TIMEOUT", "USER_AGENT", "ClientStats", "Transport"]
 
@@ -131,6 +132,7 @@ class Transport:
             raise ValueError("max_retries must be >= 0")
         if retry_base_delay < 0 or retry_max_delay < 0:
             raise ValueError("retry delays must be >= 0")
+        install_http_log_redaction()
         self.origin = settings.origin
         self.origin_url = httpx.URL(settings.origin)
         self.__key = settings.api_key

@@ -1337,3 +1337,33 @@ def test_a_small_redirect_body_is_read_so_its_connection_is_reused():
             _release(response)
             assert response.is_closed
     assert seen == ["read 0", "closed", "closed"]
+
+
+# ---- credentials in logs ----------------------------------------------------------------
+
+
+def test_content_download_logs_no_presigned_query_or_key_at_any_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over real HTTP through the simulator's 302 to presigned storage, with every logger
+    # (httpx's INFO request line, httpcore's DEBUG response headers) at DEBUG.
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    cfg = SimConfig(dataset=DatasetSpec(groups_per_type=(1,), n_exports=6), rate_limits=None)
+    with Simulator(cfg) as sim:
+        export = next(e for e in sim.dataset.exports(1) if e["has_content"])
+        presigned = sim.presign(export["id"], export["export_format"])
+        signature = presigned.rsplit("X-Amz-Signature=", 1)[1]
+        caplog.set_level(logging.DEBUG)
+        with PostHogClient(host=sim.api_url, project_id="1", api_key=sim.cfg.api_key) as client:
+            got = client.download_export_content(export["id"], tmp_path / "content.bin")
+        assert got.size_bytes > 0
+        assert any(r.server == "storage" for r in sim.request_log)
+    messages = [r.getMessage() for r in caplog.records] + [caplog.text]
+    assert any("HTTP Request: GET" in m for m in messages)  # httpx's line is there, redacted
+    assert any("?[redacted]" in m for m in messages)
+    for text in messages:
+        assert "X-Amz-" not in text
+        assert signature[:16] not in text
+        assert sim.cfg.api_key not in text
