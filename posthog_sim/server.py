@@ -255,6 +255,12 @@ class ApiApp:
             route = ("exports/:id", {"GET": "export:read"}, self.export_retrieve, False)
         elif n == 3 and s[0] == "exports" and s[2] == "content":
             route = ("exports/:id/content", {"GET": "export:read"}, self.export_content, False)
+        elif n == 5 and s[0] == "datasets" and s[2] == "exports" and s[4] == "content":
+            # DatasetViewSet has scope_object = "dataset"
+            # (products/llm_analytics/backend/api/datasets.py); the export-content action itself
+            # was not in the source read, so its scope is this guess.
+            route = ("datasets/:id/exports/:id/content", {"GET": "dataset:read"},
+                     self.dataset_export_content, False)
         elif s and s[0] == "explicit_members" and n <= 2 and self.cfg.explicit_members == "legacy":
             if n == 1:
                 route = ("explicit_members", {"GET": "project:read", "POST": "project:write"},
@@ -549,6 +555,10 @@ class ApiApp:
         eid = self._export_id(ctx)
         if eid is None or self.ds.get_export(eid, ctx.user_id) is None:
             return not_found()
+        # "if instance.is_dataset_export and self.action != 'content': raise NotFound()"
+        # (products/exports/backend/api/exports.py, safely_get_object)
+        if self.ds.is_dataset_export(self.ds.export_record(eid)):
+            return not_found()
         self.ds.poll_export(eid, self.cfg.video_polls)
         return json_response(200, self.ds.get_export(eid, ctx.user_id))
 
@@ -558,6 +568,14 @@ class ApiApp:
         if obj is None:
             return not_found()
         rec = self.ds.export_record(eid)
+        if self.ds.is_dataset_export(rec):
+            # A dataset (JSON Lines) export's content/ answers 302 to the datasets API on the
+            # same origin, a relative Location from Django's reverse("project_datasets-export-
+            # content", ...) (products/exports/backend/api/exports.py, `content`).
+            dataset_id = rec.export_context["dataset_id"]
+            location = (f"/api/projects/{self.sim.project_id}/datasets/{dataset_id}"
+                        f"/exports/{eid}/content")
+            return Response(302, b"", [("Location", location)], "text/html; charset=utf-8")
         length = self.ds.export_content_length(eid)
         if length is None:
             return not_found()
@@ -571,6 +589,23 @@ class ApiApp:
         if disposition:
             headers.append(("Content-Disposition", disposition))
         return Response(200, b"", headers, rec.export_format, stream=self.ds.export_content_iter(eid), length=length)
+
+    def dataset_export_content(self, ctx: Ctx) -> Response:
+        """The JSON Lines bytes of a dataset export (the target of its content/ redirect)."""
+        try:
+            eid = int(ctx.rest[3])
+        except ValueError:
+            return not_found()
+        rec = self.ds.export_record(eid)
+        obj = self.ds.get_export(eid, ctx.user_id)
+        if (obj is None or rec is None or not self.ds.is_dataset_export(rec)
+                or rec.export_context["dataset_id"] != ctx.rest[1]):
+            return not_found()
+        length = self.ds.export_content_length(eid)
+        if length is None:
+            return not_found()
+        return Response(200, b"", [("Cache-Control", "max-age=86400")], C.JSONL,
+                        stream=self.ds.export_content_iter(eid), length=length)
 
     def export_create(self, ctx: Ctx) -> Response:
         try:

@@ -1,10 +1,12 @@
-"""Downloading an export's content/: PostHog answers with the bytes or a redirect to presigned
-storage on another origin (followed without the key)."""
+"""Downloading an export's content/: PostHog answers with the bytes, a redirect to presigned
+storage on another origin (followed without the key), or a redirect to a path on its own origin
+(a dataset export's JSON Lines; followed with the key)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,6 @@ from resources.posthog_transport import (
     Call,
     Outcome,
     Transport,
-    absolute_target,
     bad_location_outcome,
     describe_url,
     parse_retry_after,
@@ -30,6 +31,8 @@ MAX_REDIRECT_HOPS = 3
 # a redirect body up to this size is read so its connection can be reused
 SMALL_BODY = 64 * 1024
 CHUNK_BYTES = 64 * 1024
+# where PostHog's own content redirects may lead: its API, for the same project
+_API_PATH_RE = re.compile(r"^/api/(?:projects|environments)/(@current|[0-9]+)/")
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,10 @@ def _attempt(t: Transport, call: Call, dest: Path, project_id: str) -> Outcome:
         while response.status_code in REDIRECT_STATUSES:
             status = response.status_code
             location = response.headers.get("Location", "")
+            base = response.request.url
             _release(response)
             hops += 1
-            target = absolute_target(location)
+            target = _redirect_target(base, location)
             if target is None or hops > MAX_REDIRECT_HOPS:
                 why = "too many redirects" if target is not None else "an unusable Location"
                 return Outcome(
@@ -75,17 +79,41 @@ def _attempt(t: Transport, call: Call, dest: Path, project_id: str) -> Outcome:
                         method=call.method,
                         path=call.path,
                         detail=f"content redirect with {why}",
-                        hint="Expected one redirect to an absolute http(s) storage URL.",
+                        hint=(
+                            "Expected a redirect to an absolute http(s) storage URL or to a "
+                            "path on PostHog's own API."
+                        ),
                     )
                 )
-            t.log.debug(
-                "%s %s -> %d to storage at %s",
-                call.method, call.path, status, describe_url(target),
-            )
-            t.stats.count_request("GET storage")
-            # A bare request: no Authorization and no PostHog headers go to storage.
-            request = t.http.build_request("GET", target)
-            from_posthog = False
+            if from_posthog and t.same_origin(target):
+                # PostHog's own API (a dataset export's content): the key goes along, but only
+                # to this project's API paths, never elsewhere on the origin.
+                match = _API_PATH_RE.match(target.path)
+                if match is None or match.group(1) not in (project_id, "@current"):
+                    return Outcome(
+                        error=PostHogAPIError(
+                            status=status,
+                            method=call.method,
+                            path=call.path,
+                            detail="content redirect whose Location is a path outside this project's API",
+                            hint="Not followed, so the key is not sent there.",
+                        )
+                    )
+                t.log.debug(
+                    "%s %s -> %d to %s on PostHog", call.method, call.path, status, target.path
+                )
+                t.stats.count_request("GET content redirect")
+                request = t.api_request("GET", target.raw_path.decode("ascii"))
+                from_posthog = True
+            else:
+                t.log.debug(
+                    "%s %s -> %d to storage at %s",
+                    call.method, call.path, status, describe_url(target),
+                )
+                t.stats.count_request("GET storage")
+                # A bare request: no Authorization and no PostHog headers go to storage.
+                request = t.http.build_request("GET", target)
+                from_posthog = False
             try:
                 response = t.http.send(request, stream=True)
             except httpx.RequestError as exc:
@@ -121,6 +149,20 @@ def _attempt(t: Transport, call: Call, dest: Path, project_id: str) -> Outcome:
         return t.transport_outcome(call, exc)
     finally:
         response.close()
+
+
+def _redirect_target(base: httpx.URL, location: str) -> httpx.URL | None:
+    """Where a redirect leads: an absolute http(s) URL, or a relative one resolved against the
+    URL that answered (RFC 9110 §10.2.2); None when unusable."""
+    if not location:
+        return None
+    try:
+        url = base.join(location)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    return url
 
 
 def _stream_to_file(t: Transport, call: Call, response: httpx.Response, dest: Path) -> Outcome:

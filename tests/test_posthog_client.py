@@ -1154,6 +1154,43 @@ def test_download_refetches_presigned_url_after_storage_403(
     assert budget.acquired == 2
 
 
+def test_download_follows_relative_redirect_on_the_api_origin_with_the_key(
+    api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path, sleeps: list[float]
+) -> None:
+    # A dataset export: content/ answers 302 to a path on PostHog's own API.
+    target = f"{BASE}/datasets/0b8f/exports/5/content"
+    api.add("GET", f"{BASE}/exports/5/content/", httpx.Response(302, headers={"Location": target}))
+    lines = b'{"id":1}\n{"id":2}\n'
+    api.add(
+        "GET",
+        target,
+        httpx.Response(200, content=lines, headers={"Content-Type": "application/x-ndjson"}),
+    )
+    result = make_client().download_export_content(5, tmp_path / "a.jsonl")
+    assert (result.size_bytes, result.content_type) == (len(lines), "application/x-ndjson")
+    assert (tmp_path / "a.jsonl").read_bytes() == lines
+    assert [r.url.raw_path.decode() for r in api.requests] == [f"{BASE}/exports/5/content/", target]
+    second = api.requests[1]
+    assert second.url.host == "us.posthog.com" and second.url.scheme == "https"
+    assert second.headers["Authorization"] == f"Bearer {KEY}"  # same origin: the key goes along
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["/api/projects/2/datasets/x/exports/5/content", "/admin/", "https://us.posthog.com/admin/"],
+)
+def test_download_refuses_same_origin_redirect_outside_the_projects_api(
+    api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path, location: str
+) -> None:
+    api.add(
+        "GET", f"{BASE}/exports/5/content/", httpx.Response(302, headers={"Location": location})
+    )
+    with pytest.raises(PostHogAPIError, match="outside this project's API"):
+        make_client().download_export_content(5, tmp_path / "a.bin")
+    assert len(api.requests) == 1  # not followed, so the key went nowhere else
+
+
 def test_download_direct_200_from_api(
     api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path
 ) -> None:
@@ -1190,7 +1227,7 @@ def test_download_retries_read_error_mid_body(
     assert len(sleeps) == 1
 
 
-@pytest.mark.parametrize("location", ["/relative/path", "ftp://x/y", "javascript:alert(1)", ""])
+@pytest.mark.parametrize("location", ["ftp://x/y", "javascript:alert(1)", ""])
 def test_download_refuses_unusable_redirects(
     api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path, location: str
 ) -> None:
@@ -1367,3 +1404,24 @@ def test_content_download_logs_no_presigned_query_or_key_at_any_level(
         assert "X-Amz-" not in text
         assert signature[:16] not in text
         assert sim.cfg.api_key not in text
+
+
+def test_dataset_export_download_through_the_simulator_follows_the_api_redirect(
+    tmp_path: Path,
+) -> None:
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    spec = DatasetSpec(groups_per_type=(1,), n_exports=2, dataset_exports=1)
+    with Simulator(SimConfig(dataset=spec, rate_limits=None)) as sim:
+        export = next(
+            e for e in sim.dataset.exports(1) if e["export_format"] == "application/x-ndjson"
+        )
+        with PostHogClient(host=sim.api_url, project_id="1", api_key=sim.cfg.api_key) as client:
+            got = client.download_export_content(export["id"], tmp_path / "d.jsonl")
+        assert got.content_type == "application/x-ndjson"
+        assert got.path.read_bytes() == sim.dataset.export_content(export["id"])
+        assert client.stats.retries == 0
+        followed = [r for r in sim.request_log if "/datasets/" in r.path]
+        assert len(followed) == 1 and followed[0].status == 200
+        assert followed[0].authorization == f"Bearer {sim.cfg.api_key}"

@@ -782,3 +782,33 @@ def test_precomputed_property_values_are_the_counts_a_first_request_computes():
     for i in (0, 1):
         for key in ("industry", "name", "plan", "missing"):
             assert warm.property_values(i, key) == cold.property_values(i, key)
+
+
+# ============================================================ dataset (JSON Lines) exports
+def test_dataset_export_content_redirects_to_a_path_on_the_api(sim_factory):
+    sim = sim_factory(groups_per_type=(1,), n_exports=3, dataset_exports=2,
+                      extra_keys={"phx_export_only": (1, ("export:read",))})
+    listed = sim.dataset.exports(1)
+    jsonl = [e for e in listed if e["export_format"] == "application/x-ndjson"]
+    assert len(jsonl) == 2 and all(e["has_content"] for e in jsonl)  # listed: created_by the user
+    e = jsonl[0]
+    with _client(sim) as c:
+        assert c.get(f"/api/projects/1/exports/{e['id']}/").status_code == 404  # not retrievable
+        r = c.get(f"/api/projects/1/exports/{e['id']}/content/", follow_redirects=False)
+        assert r.status_code == 302
+        loc = r.headers["Location"]
+        assert loc == (f"/api/projects/1/datasets/{e['export_context']['dataset_id']}"
+                       f"/exports/{e['id']}/content")
+        body = c.get(loc)
+        assert body.status_code == 200
+        assert body.headers["Content-Type"] == "application/x-ndjson"
+        rows = [json.loads(line) for line in body.content.decode().splitlines()]
+        assert len(rows) == 12 and all("input" in row for row in rows)
+        assert body.content == sim.dataset.export_content(e["id"])
+        # the target checks the dataset id and needs a key like any API path
+        assert c.get(loc.replace(e["export_context"]["dataset_id"], "x")).status_code == 404
+    with httpx.Client(base_url=sim.api_url) as anon:
+        assert anon.get(loc).status_code == 401
+    with _client(sim, "phx_export_only") as scoped:
+        r = scoped.get(loc)
+        assert r.status_code == 403 and "dataset:read" in r.json()["detail"]
