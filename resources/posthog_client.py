@@ -298,11 +298,14 @@ class PostHogClient:
     # ---- exports ------------------------------------------------------------------------
 
     def iter_export_pages(self, *, limit: int = 100) -> Iterator[list[dict]]:
-        """GET exports/ (LimitOffset; only the key owner's exports), page by page."""
+        """GET exports/ (LimitOffset; only the key owner's exports), page by page, listed again
+        until two listings in a row agree on which exports exist, so an export that expires
+        mid-listing cannot make the next page skip another (`Pager.iter_complete_offset_pages`).
+        """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        return self._pager.iter_pages(
-            "exports/", {"limit": limit}, shape="offset", endpoint="exports/"
+        return self._pager.iter_complete_offset_pages(
+            "exports/", {"limit": limit}, endpoint="exports/"
         )
 
     def iter_exports(self, *, limit: int = 100) -> Iterator[dict]:

@@ -95,7 +95,10 @@ def _attempt(t: Transport, call: Call, dest: Path, project_id: str) -> Outcome:
                             status=status,
                             method=call.method,
                             path=call.path,
-                            detail="content redirect whose Location is a path outside this project's API",
+                            detail=(
+                                "content redirect whose Location is a path outside this "
+                                "project's API"
+                            ),
                             hint="Not followed, so the key is not sent there.",
                         )
                     )

@@ -506,7 +506,9 @@ def test_iter_exports_walks_limit_offset(
     api.add("GET", f"{BASE}/exports/", handler)
     client = make_client()
     assert [e["id"] for e in client.iter_exports(limit=2)] == [0, 1, 2, 3, 4]
-    assert api.paths()[0] == f"{BASE}/exports/?limit=2"
+    walk = [f"{BASE}/exports/?limit=2", f"{BASE}/exports/?limit=2&offset=2",
+            f"{BASE}/exports/?limit=2&offset=4"]
+    assert api.paths() == walk + walk  # listed twice: the second proves the first complete
 
 
 def test_iter_exports_raises_on_truncated_listing(
@@ -522,19 +524,47 @@ def test_iter_exports_raises_on_truncated_listing(
     with pytest.raises(PostHogPaginationError, match="truncated listing"):
         for export in make_client().iter_exports(limit=2):
             seen.append(export["id"])
-    assert seen == [0, 1, 2, 3]
+    assert seen == []  # nothing is handed out before the listing is proven complete
 
 
-def test_iter_exports_tolerates_count_changing_mid_listing(
+def test_iter_exports_loses_nothing_when_an_export_expires_mid_listing(
+    api: Api, make_client: Callable[..., PostHogClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Exports 0..4, two a page. Export 1 expires just after page 1 is read, so every later
+    # export moves one place forward and page 2 (offset 2) starts at 3: export 2 is skipped by
+    # that walk. The client lists again until two walks agree; export 2 is not lost.
+    live = [0, 1, 2, 3, 4]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        offset = int(parse_qs(request.url.query.decode()).get("offset", ["0"])[0])
+        page = live[offset : offset + 2]
+        more = offset + 2 < len(live)
+        nxt = f"{HOST}{BASE}/exports/?limit=2&offset={offset + 2}" if more else None
+        response = offset_page(page, len(live), nxt)  # type: ignore[arg-type]
+        if len(api.requests) == 1:
+            live.remove(1)
+        return response
+
+    api.add("GET", f"{BASE}/exports/", handler)
+    with caplog.at_level(logging.INFO):
+        ids = [e["id"] for e in make_client().iter_exports(limit=2)]
+    assert ids == [0, 2, 3, 4]  # 1 expired; 2, which the first walk skipped, is there
+    assert len(api.requests) == 2 + 2 + 2  # the skipping walk, then two that agree
+    assert any("listing changed while it was read" in r.getMessage() for r in caplog.records)
+
+
+def test_iter_exports_fails_loudly_when_listings_never_agree(
     api: Api, make_client: Callable[..., PostHogClient]
 ) -> None:
-    api.add(
-        "GET",
-        f"{BASE}/exports/",
-        offset_page(range(0, 2), 5, f"{HOST}{BASE}/exports/?limit=2&offset=2"),
-        offset_page(range(2, 3), 4, None),
-    )
-    assert [e["id"] for e in make_client().iter_exports(limit=2)] == [0, 1, 2]
+    created = iter(range(100, 200))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return offset_page([next(created)], 1, None)  # type: ignore[arg-type]
+
+    api.add("GET", f"{BASE}/exports/", handler)
+    with pytest.raises(PostHogPaginationError, match="4 listings in a row disagreed"):
+        list(make_client().iter_exports(limit=2))
+    assert len(api.requests) == 4
 
 
 def test_iter_group_property_definitions_uses_property_definitions_endpoint(
