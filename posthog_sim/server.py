@@ -30,6 +30,7 @@ from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
 from .dataset import Dataset
 
 SUNSET = "Fri, 31 Jul 2026 00:00:00 GMT"
+CURRENT_SUNSET = "Fri, 30 Apr 2027 00:00:00 GMT"
 PAGE_SIZE = 100
 EXPORT_FORMATS = (C.PNG, C.PDF, C.CSV, C.XLSX, C.WEBM, C.MP4, C.GIF, C.JSON_FMT, C.JSONL)
 _GROUPS_TYPES_CUSTOM = ("update_metadata", "create_detail_dashboard", "set_default_columns")
@@ -219,6 +220,14 @@ class ApiApp:
         params = dict(parse_qsl(query, keep_blank_values=True))
         ctx = Ctx(method, path, query, params, headers, body, host, prefix, pid_raw, segs)
         resp = self._route(ctx)
+        if pid_raw == "@current" and prefix == "projects":
+            # '@current' in paths is deprecated and stops working on 2027-04-30 (posthog-api.md
+            # §11, autumn 2026 readings; the header values mirror the environments rewrite's,
+            # posthog/settings/web.py API_ENVIRONMENTS_SUNSET_DATE; not confirmed in source)
+            succ = f"/api/projects/{self.sim.project_id}/" + rest + ("?" + query if query else "")
+            resp.headers += [("Deprecation", "true"),
+                             ("Link", f'<{succ}>; rel="successor-version"'),
+                             ("Sunset", CURRENT_SUNSET)]
         if prefix == "environments":
             succ = "/api/projects/" + pid_raw + "/" + rest
             if query:
@@ -232,7 +241,11 @@ class ApiApp:
         n = len(s)
         pd_mode = self.cfg.property_definitions
         route: tuple | None = None  # (endpoint, {method: scope}, handler, quirk403)
-        if n == 1 and s[0] == "groups_types":
+        if n == 0 and ctx.prefix == "projects":
+            # ProjectViewSet: scope_object = "project"; retrieve of '@current' answers the key
+            # owner's current project (posthog/api/project.py, safely_get_object)
+            route = ("projects/:id", {"GET": "project:read"}, self.project_retrieve, False)
+        elif n == 1 and s[0] == "groups_types":
             route = ("groups_types", {"GET": "group:read"}, self.groups_types, True)
         elif n == 2 and s[0] == "groups_types" and s[1] in _GROUPS_TYPES_CUSTOM:
             meth = "PATCH" if s[1] == "update_metadata" else "PUT"
@@ -366,6 +379,13 @@ class ApiApp:
         if mode == "http_downgrade":
             return f"http://{host}{pq}" if proto == "https" else f"http://{host.split(':')[0]}:80{pq}"
         return f"{proto}://{host}{pq}"
+
+    # -------------------------------------------------------------- project
+    def project_retrieve(self, ctx: Ctx) -> Response:
+        pid = self.sim.project_id
+        return json_response(200, {"id": pid, "uuid": "0190a8f0-0000-7000-8000-000000000001",
+                                   "organization": "0190a8f0-0000-7000-8000-00000000000a",
+                                   "name": "Default project", "project_id": pid})
 
     # -------------------------------------------------------------- groups types
     def groups_types(self, ctx: Ctx) -> Response:
@@ -1078,7 +1098,9 @@ class Simulator:
         if len(segs) >= 2 and segs[0] in ("exports", "explicit_members") or (
                 len(segs) == 2 and segs[0] == "groups_types" and segs[1] not in _GROUPS_TYPES_CUSTOM):
             segs[1] = ":id" if segs[0] == "exports" else (":uuid" if segs[0] == "explicit_members" else ":idx")
-        return "/".join(segs) or "unknown"
+        if len(segs) == 5 and segs[0] == "datasets":
+            return "datasets/:id/exports/:id/content"
+        return "/".join(segs) or "projects/:id"
 
     def _record(self, rec: RequestRecord, endpoint: str) -> None:
         with self._log_lock:

@@ -24,6 +24,7 @@ import msgspec
 from resources import jsontext, posthog_content
 from resources.budget import RequestBudget
 from resources.errors import (
+    PostHogAPIError,
     PostHogConfigError,
     PostHogEndpointMissingError,
     PostHogPaginationError,
@@ -409,7 +410,39 @@ class PostHogClient:
         """The project id used in paths: the configured one, '@current' resolved once."""
         if self._settings.project_id != "@current":
             return self._settings.project_id
-        return self._resolved_project or "@current"
+        with self._resolve_lock:
+            if self._resolved_project is None:
+                self._resolved_project = self._resolve_current()
+            return self._resolved_project
+
+    def _resolve_current(self) -> str:
+        """GET /api/projects/@current/ once: PostHog deprecates '@current' in paths (it stops
+        answering on 2027-04-30), so every later request names the numeric id. A key without
+        the project:read scope cannot read it; then '@current' is kept, with a warning."""
+        try:
+            body = self._t.call("GET", "/api/projects/@current/", endpoint="projects/@current/")
+        except PostHogAPIError as e:
+            if e.status != 403:
+                raise
+            self._log.warning(
+                "POSTHOG_PROJECT_ID=@current could not be resolved to a project id (%s); still "
+                "using '@current', which PostHog deprecates and stops serving on %s: set "
+                "POSTHOG_PROJECT_ID to the numeric project id (or give the key project:read)",
+                e.detail or e.status, _CURRENT_SUNSET,
+            )
+            return "@current"
+        project = body.get("id") if isinstance(body, dict) else None
+        if isinstance(project, bool) or not isinstance(project, int) or project < 1:
+            raise PostHogPaginationError(
+                "GET /api/projects/@current/ returned no numeric 'id'; set POSTHOG_PROJECT_ID "
+                "to the numeric project id (PostHog > Settings > Project > Project ID)."
+            )
+        self._log.warning(
+            "POSTHOG_PROJECT_ID=@current is deprecated by PostHog and stops working on %s; "
+            "resolved it to project %d, used from now on: set POSTHOG_PROJECT_ID=%d",
+            _CURRENT_SUNSET, project, project,
+        )
+        return str(project)
 
     def _path(self, rel: str, params: Mapping[str, Any] | None = None) -> str:
         return self._pager.path(rel, params)

@@ -419,9 +419,41 @@ def test_iter_groups_refuses_next_outside_the_endpoint(
     assert len(api.requests) == 1
 
 
-def test_iter_groups_with_current_project_accepts_numeric_next(
-    api: Api, make_client: Callable[..., PostHogClient]
+def test_current_project_is_resolved_once_to_its_id_with_a_warning(
+    api: Api, make_client: Callable[..., PostHogClient], caplog: pytest.LogCaptureFixture
 ) -> None:
+    sunset = {"Deprecation": "true", "Sunset": "Fri, 30 Apr 2027 00:00:00 GMT"}
+    api.add("GET", "/api/projects/@current/", jresp(200, {"id": 77, "name": "P"}, sunset))
+    api.add("GET", "/api/projects/77/groups_types/", jresp(200, []))
+    api.add(
+        "GET",
+        "/api/projects/77/groups/",
+        groups_page(["a"], f"{HOST}/api/projects/77/groups/?group_type_index=0&cursor=x"),
+        groups_page(["b"], None),
+    )
+    client = make_client(project_id="@current")
+    with caplog.at_level(logging.WARNING):
+        client.list_group_types()
+        assert [g["group_key"] for g in client.iter_groups(group_type_index=0)] == ["a", "b"]
+    assert api.paths() == [
+        "/api/projects/@current/",
+        "/api/projects/77/groups_types/",
+        "/api/projects/77/groups/?group_type_index=0",
+        "/api/projects/77/groups/?group_type_index=0&cursor=x",
+    ]
+    assert client.project_id == "@current"  # the configured value, as the user wrote it
+    messages = [r.getMessage() for r in caplog.records]
+    resolved = [m for m in messages if "resolved it to project 77" in m]
+    assert len(resolved) == 1
+    assert "2027-04-30" in resolved[0] and "POSTHOG_PROJECT_ID=77" in resolved[0]
+
+
+def test_current_project_kept_when_the_key_cannot_read_projects(
+    api: Api, make_client: Callable[..., PostHogClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = err(403, "permission_denied", "API key missing required scope 'project:read'",
+                  "authentication_error")
+    api.add("GET", "/api/projects/@current/", missing)
     cur = "/api/projects/@current/groups/"
     api.add(
         "GET",
@@ -430,7 +462,12 @@ def test_iter_groups_with_current_project_accepts_numeric_next(
     )
     api.add("GET", "/api/projects/77/groups/", groups_page(["b"], None))
     client = make_client(project_id="@current")
-    assert [g["group_key"] for g in client.iter_groups(group_type_index=0)] == ["a", "b"]
+    with caplog.at_level(logging.WARNING):
+        assert [g["group_key"] for g in client.iter_groups(group_type_index=0)] == ["a", "b"]
+    assert api.paths()[0] == "/api/projects/@current/"
+    assert api.paths().count("/api/projects/@current/") == 1  # not asked again
+    warned = [r.getMessage() for r in caplog.records if "could not be resolved" in r.getMessage()]
+    assert len(warned) == 1 and "2027-04-30" in warned[0] and "project:read" in warned[0]
 
 
 def test_iter_groups_stops_on_repeated_cursor(
@@ -1455,3 +1492,17 @@ def test_dataset_export_download_through_the_simulator_follows_the_api_redirect(
         followed = [r for r in sim.request_log if "/datasets/" in r.path]
         assert len(followed) == 1 and followed[0].status == 200
         assert followed[0].authorization == f"Bearer {sim.cfg.api_key}"
+
+
+def test_current_project_through_the_simulator_is_asked_for_once(tmp_path: Path) -> None:
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    spec = DatasetSpec(groups_per_type=(3, 2), n_exports=2)
+    with Simulator(SimConfig(dataset=spec, rate_limits=None)) as sim:
+        with PostHogClient(host=sim.api_url, project_id="@current", api_key=sim.cfg.api_key) as c:
+            assert [t["group_type_index"] for t in c.list_group_types()] == [0, 1]
+            assert len(list(c.iter_groups(group_type_index=1))) == 2
+        paths = [r.path for r in sim.request_log]
+    assert paths[0] == "/api/projects/@current/"
+    assert all(p.startswith("/api/projects/1/") for p in paths[1:]) and len(paths) == 3

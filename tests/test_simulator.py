@@ -812,3 +812,23 @@ def test_dataset_export_content_redirects_to_a_path_on_the_api(sim_factory):
     with _client(sim, "phx_export_only") as scoped:
         r = scoped.get(loc)
         assert r.status_code == 403 and "dataset:read" in r.json()["detail"]
+
+
+# ============================================================ @current
+def test_current_alias_carries_deprecation_headers_and_resolves(sim_factory):
+    sim = sim_factory(groups_per_type=(1,), n_exports=1,
+                      extra_keys={"phx_groups_only": (1, ("group:read",))})
+    with _client(sim) as c:
+        r = c.get("/api/projects/@current/groups_types/")
+        assert r.status_code == 200
+        assert r.headers["Deprecation"] == "true"
+        assert r.headers["Sunset"] == "Fri, 30 Apr 2027 00:00:00 GMT"
+        assert r.headers["Link"] == '</api/projects/1/groups_types/>; rel="successor-version"'
+        project = c.get("/api/projects/@current/")
+        assert project.status_code == 200 and project.json()["id"] == 1
+        numeric = c.get("/api/projects/1/groups_types/")
+        assert "Deprecation" not in numeric.headers and "Sunset" not in numeric.headers
+    with _client(sim, "phx_groups_only") as scoped:
+        r = scoped.get("/api/projects/@current/")
+        assert r.status_code == 403
+        assert r.json()["detail"] == "API key missing required scope 'project:read'"
