@@ -261,6 +261,8 @@ class ApiApp:
         elif n == 2 and s[0] == "groups" and s[1] == "property_definitions" and pd_mode == "legacy":
             route = ("groups/property_definitions", {"GET": "group:read"}, self.groups_property_definitions, False)
         elif n == 1 and s[0] == "property_definitions" and pd_mode == "current":
+            # PropertyDefinitionViewSet: scope_object = "property_definition"
+            # (posthog/api/property_definition.py)
             route = ("property_definitions", {"GET": "property_definition:read"}, self.property_definitions, False)
         elif n == 1 and s[0] == "exports":
             route = ("exports", {"GET": "export:read", "POST": "export:write"}, self.exports, False)
@@ -1026,6 +1028,19 @@ class Simulator:
     def request_log(self) -> list[RequestRecord]:
         with self._log_lock:
             return list(self._log)
+
+    def issue_key(self, scopes: Iterable[str], user_id: int = 1) -> str:
+        """A new personal API key with exactly `scopes` (e.g. ("group:read",); "*" = all),
+        enforced per endpoint as PostHog's APIScopePermission does (posthog/permissions.py:
+        the view's scope_object, :read for list/retrieve, :write for the rest, :write implies
+        :read)."""
+        scopes = tuple(scopes)
+        bad = [sc for sc in scopes if sc != "*" and not re.fullmatch(r"[a-z_]+:(read|write)", sc)]
+        if bad:
+            raise ValueError(f"scopes look like 'group:read' or '*', not {bad}")
+        key = "phx_sim_" + hashlib.sha256(os.urandom(16)).hexdigest()[:24]
+        self.keys[key] = (int(user_id), scopes)
+        return key
 
     def clear_log(self) -> None:
         with self._log_lock:

@@ -436,6 +436,7 @@ class Transport:
                 path=call.path,
                 code=code,
                 detail=detail,
+                endpoint=call.endpoint,
             ),
             status=status,
         )

@@ -977,8 +977,10 @@ def test_403_names_missing_scope(api: Api, make_client: Callable[..., PostHogCli
         list(make_client().iter_groups(group_type_index=0))
     assert str(info.value) == (
         f"GET {BASE}/groups/?group_type_index=0 -> 403 permission_denied: API key missing "
-        "required scope 'group:read'. Give the personal API key the 'group:read' scope "
-        "(PostHog > Settings > Personal API keys)."
+        "required scope 'group:read'. The personal API key (POSTHOG_PERSONAL_API_KEY) lacks the "
+        "'group:read' scope, which GET groups/ (read by the posthog_groups asset) needs: add it "
+        "in PostHog > Settings > Personal API keys (docs/SCOPES.md lists every scope this "
+        "pipeline uses)."
     )
     assert type(info.value) is PostHogAPIError
 
@@ -1506,3 +1508,32 @@ def test_current_project_through_the_simulator_is_asked_for_once(tmp_path: Path)
         paths = [r.path for r in sim.request_log]
     assert paths[0] == "/api/projects/@current/"
     assert all(p.startswith("/api/projects/1/") for p in paths[1:]) and len(paths) == 3
+
+
+# ---- scopes -----------------------------------------------------------------------------
+
+
+def test_403_through_the_simulator_names_the_scope_and_the_asset_that_needs_it() -> None:
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    spec = DatasetSpec(groups_per_type=(3,), n_exports=2)
+    with Simulator(SimConfig(dataset=spec, rate_limits=None)) as sim:
+        key = sim.issue_key(["group:read"])
+        with PostHogClient(host=sim.api_url, project_id="1", api_key=key) as client:
+            assert len(list(client.iter_groups(group_type_index=0))) == 3  # group:read suffices
+            with pytest.raises(PostHogAPIError) as defs:
+                list(client.iter_group_property_definitions(group_type_index=0))
+            with pytest.raises(PostHogAPIError) as exports:
+                list(client.iter_exports())
+            with pytest.raises(PostHogAPIError) as create:
+                client.create_export(export_format="text/csv", export_context={"path": "/x"})
+    assert defs.value.status == 403
+    assert "lacks the 'property_definition:read' scope" in str(defs.value)
+    assert "posthog_group_property_definitions asset" in str(defs.value)
+    assert "lacks the 'export:read' scope" in str(exports.value)
+    assert "posthog_exports asset" in str(exports.value)
+    assert "lacks the 'export:write' scope" in str(create.value)
+    assert "posthog_requested_exports asset" in str(create.value)
+    for error in (defs.value, exports.value, create.value):
+        assert key not in full_error_text(error)

@@ -832,3 +832,36 @@ def test_current_alias_carries_deprecation_headers_and_resolves(sim_factory):
         r = scoped.get("/api/projects/@current/")
         assert r.status_code == 403
         assert r.json()["detail"] == "API key missing required scope 'project:read'"
+
+
+# ============================================================ scoped keys
+def test_issued_keys_have_exactly_their_scopes_per_endpoint(sim_factory):
+    sim = sim_factory(groups_per_type=(2,), n_exports=3)
+    expected = {
+        # path: scope PostHog's viewsets ask for (scope_object + read/write by action)
+        "/api/projects/1/groups_types/": "group:read",
+        "/api/projects/1/groups/?group_type_index=0": "group:read",
+        "/api/projects/1/groups/property_values/?group_type_index=0&key=industry": "group:read",
+        "/api/projects/1/property_definitions/?type=group&group_type_index=0":
+            "property_definition:read",
+        "/api/projects/1/exports/": "export:read",
+        "/api/projects/1/": "project:read",
+    }
+    for path, scope in expected.items():
+        denied = sim.issue_key([sc for sc in ("group:read", "property_definition:read",
+                                              "export:read", "project:read") if sc != scope])
+        with _client(sim, denied) as c:
+            r = c.get(path)
+            assert r.status_code == 403, path
+            assert r.json()["detail"] == f"API key missing required scope '{scope}'"
+        with _client(sim, sim.issue_key([scope])) as c:
+            assert c.get(path).status_code == 200, path
+        write = scope.replace(":read", ":write")  # :write implies :read
+        with _client(sim, sim.issue_key([write])) as c:
+            assert c.get(path).status_code == 200, path
+    with _client(sim, sim.issue_key(["export:read"])) as c:
+        r = c.post("/api/projects/1/exports/", json={"export_format": "image/png", "insight": 1})
+        assert r.status_code == 403 and "export:write" in r.json()["detail"]
+    with pytest.raises(ValueError):
+        sim.issue_key(["group"])
+    assert sim.keys[sim.api_key][1] == ("*",)  # the demo's default key keeps every scope
