@@ -142,11 +142,14 @@ class Pager:
                     f"{rel}: an item has no {id_field!r}; cannot check the listing is complete."
                 )
             current = set(ids)
-            if len(current) != len(ids):
-                self._log.debug("%s: listing %d held a repeated id", rel, listing)
-            elif current == previous:
+            if current == previous and len(current) == len(ids):
                 yield from pages
                 return
+            # ClientStats.items counts items handed out: a walk that is not handed out is not
+            # counted (its pages and requests are)
+            self._t.stats.add(items=-len(ids))
+            if len(current) != len(ids):
+                self._log.debug("%s: listing %d held a repeated id", rel, listing)
             elif previous is not None:
                 self._log.info(
                     "%s: the listing changed while it was read (%d ids appeared, %d went); "

@@ -546,6 +546,7 @@ def test_iter_exports_walks_limit_offset(
     walk = [f"{BASE}/exports/?limit=2", f"{BASE}/exports/?limit=2&offset=2",
             f"{BASE}/exports/?limit=2&offset=4"]
     assert api.paths() == walk + walk  # listed twice: the second proves the first complete
+    assert (client.stats.items, client.stats.pages) == (5, 6)  # items handed out; pages read
 
 
 def test_iter_exports_raises_on_truncated_listing(
@@ -1537,3 +1538,19 @@ def test_403_through_the_simulator_names_the_scope_and_the_asset_that_needs_it()
     assert "posthog_requested_exports asset" in str(create.value)
     for error in (defs.value, exports.value, create.value):
         assert key not in full_error_text(error)
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ('HTTP Request: GET https://s3.example/k?X-Amz-Signature=abc123 "HTTP/1.1 200 OK"',
+         "abc123"),
+        ("return_value=(b'HTTP/1.1', 302, b'Found', [(b'Location', b'/api/x?sig=abc123')])",
+         "abc123"),
+        ("Authorization: Bearer phx_abc123", "phx_abc123"),
+    ],
+)
+def test_redact_secrets_removes_query_strings_and_keys(line: str, secret: str) -> None:
+    from resources.posthog_logging import redact_secrets
+
+    assert secret not in redact_secrets(line)
