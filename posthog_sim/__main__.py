@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-kinds", default=",".join(ALL_FAULT_KINDS))
     p.add_argument("--rate-limit", default="480/60,4800/3600", help='e.g. "480/60,4800/3600"; "0" = unlimited')
     p.add_argument("--api-key", default="phx_sim_key_0123456789")
+    p.add_argument("--scopes", default="*",
+                   help="comma list of the key's scopes, e.g. group:read,export:read; '*' = all "
+                        "(each endpoint enforces its scope as PostHog does)")
     p.add_argument("--hostile", action="store_true")
     p.add_argument("--content-mode", choices=("redirect", "direct"), default="redirect")
     p.add_argument("--ready-json", action="store_true",
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_limits=_parse_rate_limit(args.rate_limit),
         faults=FaultSpec(seed=args.seed, rate=args.fault_rate, kinds=kinds),
         api_key=args.api_key,
+        scopes=tuple(sc.strip() for sc in args.scopes.split(",") if sc.strip()) or ("*",),
         content_mode=args.content_mode,
         host=args.host,
         port=args.port,

@@ -38,6 +38,8 @@ class DatasetSpec:
     hostile: bool = False
     other_user_exports: int = 5
     property_keys_per_type: int = 12
+    # dataset exports (JSON Lines) of user 1, whose content/ redirects to a path on the API
+    dataset_exports: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.groups_per_type) <= 5:

@@ -170,6 +170,18 @@ def build_json(seed: int, export_id: int) -> bytes:
     return json.dumps({"results": [{"x": rng.randint(0, 100), "y": rng.random()} for _ in range(20)]}).encode()
 
 
+def build_jsonl(seed: int, export_id: int) -> bytes:
+    """A dataset export: one JSON object per line (dataset items: input, output, metadata)."""
+    rng = random.Random(f"jsonl:{seed}:{export_id}")
+    lines = []
+    for i in range(12):
+        item = {"id": f"item-{export_id}-{i}", "input": {"question": f"q{rng.randint(0, 999)}"},
+                "output": {"answer": "\u00e9t\u00e9" if i % 5 == 0 else f"a{rng.random():.4f}"},
+                "metadata": {"row": i}}
+        lines.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
 def build_content(seed: int, export_id: int, fmt: str) -> bytes:
     if fmt == CSV:
         return build_csv(seed, export_id)
@@ -181,6 +193,8 @@ def build_content(seed: int, export_id: int, fmt: str) -> bytes:
         return build_video(seed, export_id, fmt)
     if fmt == PDF:
         return build_pdf(seed, export_id)
+    if fmt == JSONL:
+        return build_jsonl(seed, export_id)
     return build_json(seed, export_id)
 
 

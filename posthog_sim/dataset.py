@@ -765,6 +765,8 @@ class Dataset:
         for n in range(self.spec.other_user_exports):
             role = ("csv", "png", "video", "xlsx")[n % 4]
             specs.append({"role": role, "user": 2, "r": _mix64(self.seed * 104729 + n)})
+        for n in range(self.spec.dataset_exports):
+            specs.append({"role": "dataset_jsonl", "user": 1, "r": _mix64(self.seed * 7877 + n)})
         if self.spec.hostile:
             for n, fname in enumerate(["../../etc/passwd", "/abs/path.csv", "..\\..\\win.csv", "nul\x00byte.csv",
                                        "ctrl\x01\x1b[31mred\r\n.csv", "CON.csv", "   .csv"]):
@@ -782,7 +784,7 @@ class Dataset:
                 s["created"] = min(exp - _SEVEN_DAYS + 60 + h % 3600, now - 60)
             elif role == "pending":
                 s["created"] = now - 30 - h % 240
-            elif role in ("csv", "xlsx", "csv_legacy_path", "hostile_name", "large_csv"):
+            elif role in ("csv", "xlsx", "csv_legacy_path", "hostile_name", "large_csv", "dataset_jsonl"):
                 s["created"] = now - 3600 - h % (5 * 86400)
             else:
                 s["created"] = now - 600 - h % (90 * 86400)
@@ -797,7 +799,7 @@ class Dataset:
         fmt = {"expired": C.CSV, "expiring_soon": C.CSV, "pdf_failed": C.PDF, "video": C.WEBM,
                "video_mp4": C.MP4, "pending": (C.CSV, C.PNG)[h % 2], "xlsx": C.XLSX, "png": C.PNG,
                "png_dashboard": C.PNG, "csv": C.CSV, "csv_legacy_path": C.CSV, "hostile_name": C.CSV,
-               "large_csv": C.CSV}[role]
+               "large_csv": C.CSV, "dataset_jsonl": C.JSONL}[role]
         dashboard = insight = None
         ctx: Any = None
         name_for_file = None
@@ -824,6 +826,12 @@ class Dataset:
         elif fmt == C.PDF:
             dashboard = list(_DASHBOARDS)[h % len(_DASHBOARDS)]
             name_for_file = _DASHBOARDS[dashboard]
+        elif fmt == C.JSONL:
+            # made by the datasets API with created_by the user, so it is listed; export_context
+            # names the dataset (products/exports/backend/api/exports.py `content` reads
+            # export_context["dataset_id"], a str)
+            ctx = {"dataset_id": str(uuid.UUID(int=h, version=4))}
+            ctx_filename = "dataset"
         else:  # video
             ctx = {"session_recording_id": str(uuid.UUID(int=h << 64 | (h >> 3), version=4)),
                    "timestamp": h % 600, "duration": 5 + h % 55, "mode": "video", "width": 1400, "height": 600}
@@ -895,6 +903,12 @@ class Dataset:
                 o["_role"] = r.role
                 out.append(o)
             return out
+
+    @staticmethod
+    def is_dataset_export(rec: ExportRecord) -> bool:
+        """A JSON Lines export made by the datasets API (its context names the dataset)."""
+        ctx = rec.export_context
+        return rec.export_format == C.JSONL and isinstance(ctx, dict) and "dataset_id" in ctx
 
     def export_record(self, export_id: int) -> ExportRecord | None:
         return self._exports.get(export_id)

@@ -23,13 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from resources import jsontext
+from . import _jsontext as jsontext
 
 from . import content as C
 from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
 from .dataset import Dataset
 
 SUNSET = "Fri, 31 Jul 2026 00:00:00 GMT"
+CURRENT_SUNSET = "Fri, 30 Apr 2027 00:00:00 GMT"
 PAGE_SIZE = 100
 EXPORT_FORMATS = (C.PNG, C.PDF, C.CSV, C.XLSX, C.WEBM, C.MP4, C.GIF, C.JSON_FMT, C.JSONL)
 _GROUPS_TYPES_CUSTOM = ("update_metadata", "create_detail_dashboard", "set_default_columns")
@@ -41,9 +42,9 @@ SIM_STATS_PATH = "/_sim/stats"
 def dumps(obj: Any) -> bytes:
     """DRF JSONRenderer: compact, unicode, with U+2028/2029 escaped.
 
-    `resources.jsontext` writes it: orjson where that is json's text (a 64 KB page of groups in
-    0.35 ms, not 0.65, so that a benchmark measures the tool, not the simulator), json
-    elsewhere. There is no NaN to write: DRF's default strict JSON refuses it in request bodies
+    `_jsontext` (a copy of the pipeline's `resources/jsontext.py`) writes it: orjson where that
+    is json's text (a 64 KB page of groups in 0.35 ms, not 0.65, so that a benchmark measures
+    the tool, not the simulator), json elsewhere. There is no NaN to write: DRF's default strict JSON refuses it in request bodies
     (`loads_body`) as in responses.
     """
     s = jsontext.dumps(obj, allow_nan=False)
@@ -219,6 +220,14 @@ class ApiApp:
         params = dict(parse_qsl(query, keep_blank_values=True))
         ctx = Ctx(method, path, query, params, headers, body, host, prefix, pid_raw, segs)
         resp = self._route(ctx)
+        if pid_raw == "@current" and prefix == "projects":
+            # '@current' in paths is deprecated and stops working on 2027-04-30 (posthog-api.md
+            # §11, autumn 2026 readings; the header values mirror the environments rewrite's,
+            # posthog/settings/web.py API_ENVIRONMENTS_SUNSET_DATE; not confirmed in source)
+            succ = f"/api/projects/{self.sim.project_id}/" + rest + ("?" + query if query else "")
+            resp.headers += [("Deprecation", "true"),
+                             ("Link", f'<{succ}>; rel="successor-version"'),
+                             ("Sunset", CURRENT_SUNSET)]
         if prefix == "environments":
             succ = "/api/projects/" + pid_raw + "/" + rest
             if query:
@@ -232,7 +241,11 @@ class ApiApp:
         n = len(s)
         pd_mode = self.cfg.property_definitions
         route: tuple | None = None  # (endpoint, {method: scope}, handler, quirk403)
-        if n == 1 and s[0] == "groups_types":
+        if n == 0 and ctx.prefix == "projects":
+            # ProjectViewSet: scope_object = "project"; retrieve of '@current' answers the key
+            # owner's current project (posthog/api/project.py, safely_get_object)
+            route = ("projects/:id", {"GET": "project:read"}, self.project_retrieve, False)
+        elif n == 1 and s[0] == "groups_types":
             route = ("groups_types", {"GET": "group:read"}, self.groups_types, True)
         elif n == 2 and s[0] == "groups_types" and s[1] in _GROUPS_TYPES_CUSTOM:
             meth = "PATCH" if s[1] == "update_metadata" else "PUT"
@@ -248,6 +261,8 @@ class ApiApp:
         elif n == 2 and s[0] == "groups" and s[1] == "property_definitions" and pd_mode == "legacy":
             route = ("groups/property_definitions", {"GET": "group:read"}, self.groups_property_definitions, False)
         elif n == 1 and s[0] == "property_definitions" and pd_mode == "current":
+            # PropertyDefinitionViewSet: scope_object = "property_definition"
+            # (posthog/api/property_definition.py)
             route = ("property_definitions", {"GET": "property_definition:read"}, self.property_definitions, False)
         elif n == 1 and s[0] == "exports":
             route = ("exports", {"GET": "export:read", "POST": "export:write"}, self.exports, False)
@@ -255,6 +270,12 @@ class ApiApp:
             route = ("exports/:id", {"GET": "export:read"}, self.export_retrieve, False)
         elif n == 3 and s[0] == "exports" and s[2] == "content":
             route = ("exports/:id/content", {"GET": "export:read"}, self.export_content, False)
+        elif n == 5 and s[0] == "datasets" and s[2] == "exports" and s[4] == "content":
+            # DatasetViewSet has scope_object = "dataset"
+            # (products/llm_analytics/backend/api/datasets.py); the export-content action itself
+            # was not in the source read, so its scope is this guess.
+            route = ("datasets/:id/exports/:id/content", {"GET": "dataset:read"},
+                     self.dataset_export_content, False)
         elif s and s[0] == "explicit_members" and n <= 2 and self.cfg.explicit_members == "legacy":
             if n == 1:
                 route = ("explicit_members", {"GET": "project:read", "POST": "project:write"},
@@ -360,6 +381,13 @@ class ApiApp:
         if mode == "http_downgrade":
             return f"http://{host}{pq}" if proto == "https" else f"http://{host.split(':')[0]}:80{pq}"
         return f"{proto}://{host}{pq}"
+
+    # -------------------------------------------------------------- project
+    def project_retrieve(self, ctx: Ctx) -> Response:
+        pid = self.sim.project_id
+        return json_response(200, {"id": pid, "uuid": "0190a8f0-0000-7000-8000-000000000001",
+                                   "organization": "0190a8f0-0000-7000-8000-00000000000a",
+                                   "name": "Default project", "project_id": pid})
 
     # -------------------------------------------------------------- groups types
     def groups_types(self, ctx: Ctx) -> Response:
@@ -549,6 +577,10 @@ class ApiApp:
         eid = self._export_id(ctx)
         if eid is None or self.ds.get_export(eid, ctx.user_id) is None:
             return not_found()
+        # "if instance.is_dataset_export and self.action != 'content': raise NotFound()"
+        # (products/exports/backend/api/exports.py, safely_get_object)
+        if self.ds.is_dataset_export(self.ds.export_record(eid)):
+            return not_found()
         self.ds.poll_export(eid, self.cfg.video_polls)
         return json_response(200, self.ds.get_export(eid, ctx.user_id))
 
@@ -558,6 +590,14 @@ class ApiApp:
         if obj is None:
             return not_found()
         rec = self.ds.export_record(eid)
+        if self.ds.is_dataset_export(rec):
+            # A dataset (JSON Lines) export's content/ answers 302 to the datasets API on the
+            # same origin, a relative Location from Django's reverse("project_datasets-export-
+            # content", ...) (products/exports/backend/api/exports.py, `content`).
+            dataset_id = rec.export_context["dataset_id"]
+            location = (f"/api/projects/{self.sim.project_id}/datasets/{dataset_id}"
+                        f"/exports/{eid}/content")
+            return Response(302, b"", [("Location", location)], "text/html; charset=utf-8")
         length = self.ds.export_content_length(eid)
         if length is None:
             return not_found()
@@ -571,6 +611,23 @@ class ApiApp:
         if disposition:
             headers.append(("Content-Disposition", disposition))
         return Response(200, b"", headers, rec.export_format, stream=self.ds.export_content_iter(eid), length=length)
+
+    def dataset_export_content(self, ctx: Ctx) -> Response:
+        """The JSON Lines bytes of a dataset export (the target of its content/ redirect)."""
+        try:
+            eid = int(ctx.rest[3])
+        except ValueError:
+            return not_found()
+        rec = self.ds.export_record(eid)
+        obj = self.ds.get_export(eid, ctx.user_id)
+        if (obj is None or rec is None or not self.ds.is_dataset_export(rec)
+                or rec.export_context["dataset_id"] != ctx.rest[1]):
+            return not_found()
+        length = self.ds.export_content_length(eid)
+        if length is None:
+            return not_found()
+        return Response(200, b"", [("Cache-Control", "max-age=86400")], C.JSONL,
+                        stream=self.ds.export_content_iter(eid), length=length)
 
     def export_create(self, ctx: Ctx) -> Response:
         try:
@@ -972,6 +1029,19 @@ class Simulator:
         with self._log_lock:
             return list(self._log)
 
+    def issue_key(self, scopes: Iterable[str], user_id: int = 1) -> str:
+        """A new personal API key with exactly `scopes` (e.g. ("group:read",); "*" = all),
+        enforced per endpoint as PostHog's APIScopePermission does (posthog/permissions.py:
+        the view's scope_object, :read for list/retrieve, :write for the rest, :write implies
+        :read)."""
+        scopes = tuple(scopes)
+        bad = [sc for sc in scopes if sc != "*" and not re.fullmatch(r"[a-z_]+:(read|write)", sc)]
+        if bad:
+            raise ValueError(f"scopes look like 'group:read' or '*', not {bad}")
+        key = "phx_sim_" + hashlib.sha256(os.urandom(16)).hexdigest()[:24]
+        self.keys[key] = (int(user_id), scopes)
+        return key
+
     def clear_log(self) -> None:
         with self._log_lock:
             self._log.clear()
@@ -1043,7 +1113,9 @@ class Simulator:
         if len(segs) >= 2 and segs[0] in ("exports", "explicit_members") or (
                 len(segs) == 2 and segs[0] == "groups_types" and segs[1] not in _GROUPS_TYPES_CUSTOM):
             segs[1] = ":id" if segs[0] == "exports" else (":uuid" if segs[0] == "explicit_members" else ":idx")
-        return "/".join(segs) or "unknown"
+        if len(segs) == 5 and segs[0] == "datasets":
+            return "datasets/:id/exports/:id/content"
+        return "/".join(segs) or "projects/:id"
 
     def _record(self, rec: RequestRecord, endpoint: str) -> None:
         with self._log_lock:

@@ -9,6 +9,7 @@ import dagster as dg
 __all__ = [
     "PostHogAPIError",
     "PostHogConfigError",
+    "PostHogConnectionError",
     "PostHogEndpointMissingError",
     "PostHogError",
     "PostHogNotFoundError",
@@ -17,6 +18,33 @@ __all__ = [
 ]
 
 _SCOPE_RE = re.compile(r"missing required scope '([^']+)'")
+
+# The scope each endpoint needs (its viewset's `scope_object`, read or write by action:
+# posthog/permissions.py APIScopePermission) and what in this pipeline calls it, so a 403 says
+# what to add and what it unblocks. docs/SCOPES.md is the same table for people.
+ENDPOINT_SCOPES: dict[str, tuple[str, str]] = {
+    "groups_types/": ("group:read", "the posthog_group_types asset (and every groups asset)"),
+    "groups/": ("group:read", "the posthog_groups asset"),
+    "groups/property_values/": ("group:read", "the posthog_group_property_values asset"),
+    "groups/property_definitions/": (
+        "group:read", "the posthog_group_property_definitions asset (older PostHog)"
+    ),
+    "property_definitions/": (
+        "property_definition:read", "the posthog_group_property_definitions asset"
+    ),
+    "exports/": ("export:read", "the posthog_exports asset"),
+    "POST exports/": (
+        "export:write",
+        "the posthog_requested_exports asset (plus query:read, insight:read or dashboard:read "
+        "for what the export reads)",
+    ),
+    "exports/{id}/": ("export:read", "the posthog_exports and posthog_export_contents assets"),
+    "exports/{id}/content/": ("export:read", "the posthog_export_contents asset"),
+    # explicit_members' scope was not confirmed in PostHog's source (the route is gone there)
+    "explicit_members/": ("project:read", "the posthog_explicit_members asset (legacy)"),
+    "DELETE explicit_members/{uuid}/": ("project:write", "removing an explicit member (legacy)"),
+    "projects/@current/": ("project:read", "resolving POSTHOG_PROJECT_ID=@current"),
+}
 
 
 class PostHogError(dg.Failure):
@@ -49,13 +77,15 @@ class PostHogAPIError(PostHogError):
         code: str | None = None,
         detail: str | None = None,
         hint: str | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.detail = detail
         self.method = method
         self.path = path
-        self.hint = hint if hint is not None else _default_hint(status, detail)
+        self.endpoint = endpoint
+        self.hint = hint if hint is not None else _default_hint(status, detail, method, endpoint)
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -77,6 +107,32 @@ class PostHogNotFoundError(PostHogAPIError):
 
 class PostHogEndpointMissingError(PostHogNotFoundError):
     """404 "Endpoint not found.": this PostHog version does not serve the endpoint at all."""
+
+
+class PostHogConnectionError(PostHogError):
+    """PostHog (POSTHOG_HOST) could not be reached and has not answered once in this run."""
+
+    def __init__(self, *, host: str, method: str, path: str, attempts: int, cause: str) -> None:
+        self.host = host
+        self.method = method
+        self.path = path
+        self.attempts = attempts
+        self.cause = cause
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        noun = "attempt" if self.attempts == 1 else "attempts"
+        return (
+            f"Could not connect to POSTHOG_HOST={self.host} ({self.method} {self.path}, "
+            f"{self.attempts} {noun}; {self.cause}), and it has not answered once in this run. "
+            "Check POSTHOG_HOST for a typo (https://us.posthog.com or https://eu.posthog.com), "
+            "that the name resolves (DNS), that something is listening on that host and port "
+            "(a self-hosted PostHog or the simulator may not be running), and any proxy in "
+            "HTTPS_PROXY / HTTP_PROXY."
+        )
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.__dict__.copy()))
 
 
 class PostHogRetryError(PostHogError):
@@ -114,8 +170,13 @@ def _rebuild(cls: type, state: dict) -> PostHogError:
     return err
 
 
-def _default_hint(status: int, detail: str | None) -> str:
+def _default_hint(
+    status: int, detail: str | None, method: str | None = None, endpoint: str | None = None
+) -> str:
     detail = detail or ""
+    needs = None
+    if endpoint is not None:
+        needs = ENDPOINT_SCOPES.get(f"{method} {endpoint}") or ENDPOINT_SCOPES.get(endpoint)
     if status == 401:
         return (
             "the personal API key was rejected (POSTHOG_PERSONAL_API_KEY): check it is a current "
@@ -124,18 +185,27 @@ def _default_hint(status: int, detail: str | None) -> str:
     if status == 403:
         if m := _SCOPE_RE.search(detail):
             scope = m.group(1)
+            what = f"{method} {endpoint}" if endpoint else "this endpoint"
+            if needs is not None:
+                what = f"{what} (read by {needs[1]})"
             return (
-                f"Give the personal API key the '{scope}' scope "
-                "(PostHog > Settings > Personal API keys)."
+                f"The personal API key (POSTHOG_PERSONAL_API_KEY) lacks the '{scope}' scope, "
+                f"which {what} needs: add it in PostHog > Settings > Personal API keys "
+                "(docs/SCOPES.md lists every scope this pipeline uses)."
             )
         if "does not have access to the requested project" in detail:
             return (
                 "The key is restricted to other projects: allow POSTHOG_PROJECT_ID for this key "
                 "or use a key scoped to this project."
             )
+        scope = (
+            f"the '{needs[0]}' scope {method} {endpoint} needs (read by {needs[1]})"
+            if needs is not None
+            else "the scope this endpoint needs"
+        )
         return (
-            "Check that the key (POSTHOG_PERSONAL_API_KEY) is valid, has the scope this endpoint "
-            "needs, and that its owner can access POSTHOG_PROJECT_ID."
+            f"Check that the key (POSTHOG_PERSONAL_API_KEY) is valid, has {scope}, "
+            "and that its owner can access POSTHOG_PROJECT_ID."
         )
     if status == 404:
         if detail.strip() == "Endpoint not found.":

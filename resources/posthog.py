@@ -10,12 +10,8 @@ from pydantic import Field
 
 from resources.budget import RequestBudget, budget_bucket
 from resources.errors import PostHogConfigError
-from resources.posthog_client import (
-    PostHogClient,
-    normalize_host,
-    validate_api_key,
-    validate_project_id,
-)
+from resources.posthog_client import PostHogClient
+from resources.posthog_config import ConnectionSettings
 
 __all__ = ["PostHogResource"]
 
@@ -32,6 +28,8 @@ class _RunLog(logging.LoggerAdapter):
         target = self.logger if level >= logging.INFO else _DEBUG_LOG
         if target.isEnabledFor(level):
             target.log(level, msg, *args, **kwargs)
+
+
 _CONNECT_TIMEOUT_S = 10.0
 
 
@@ -53,8 +51,9 @@ class PostHogResource(dg.ConfigurableResource):
         default="",
         repr=False,
         description=(
-            "Personal API key phx_... with group:read and export:read scopes "
-            "(POSTHOG_PERSONAL_API_KEY). Wire it with dg.EnvVar, never a literal."
+            "Personal API key phx_... (POSTHOG_PERSONAL_API_KEY) with the scopes group:read, "
+            "property_definition:read and export:read, plus export:write (and query:read) to "
+            "create exports. Wire it with dg.EnvVar, never a literal."
         ),
     )
     requests_per_minute: str = Field(
@@ -108,19 +107,9 @@ class PostHogResource(dg.ConfigurableResource):
         transport: httpx.BaseTransport | None = None,
     ) -> PostHogClient:
         """Validate the configuration and return a budgeted client (use it with `with`)."""
-        if not self.project_id:
-            raise PostHogConfigError(
-                "POSTHOG_PROJECT_ID is not set: set it to the numeric project id "
-                "(PostHog > Settings > Project > Project ID) or '@current'."
-            )
-        if not self.personal_api_key:
-            raise PostHogConfigError(
-                "POSTHOG_PERSONAL_API_KEY is not set: create a personal API key "
-                "(PostHog > Settings > Personal API keys) with group:read and export:read scopes."
-            )
-        origin = normalize_host(self.host)
-        project_id = validate_project_id(self.project_id)
-        api_key = validate_api_key(self.personal_api_key)
+        settings = ConnectionSettings.from_raw(
+            host=self.host, project_id=self.project_id, api_key=self.personal_api_key
+        )
         if self.rate_limit_windows.strip():
             windows = _parse_windows(self.rate_limit_windows)
         else:
@@ -138,13 +127,11 @@ class PostHogResource(dg.ConfigurableResource):
             raise PostHogConfigError("state_dir must name the lake root directory.")
         budget = RequestBudget(
             Path(self.state_dir) / BUDGET_RELPATH,
-            budget_bucket(origin, api_key),
+            budget_bucket(settings.origin, settings.api_key),
             windows,
         )
         return PostHogClient(
-            host=origin,
-            project_id=project_id,
-            api_key=api_key,
+            settings=settings,
             timeout=httpx.Timeout(
                 self.request_timeout, connect=min(_CONNECT_TIMEOUT_S, self.request_timeout)
             ),

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import pickle
+import socket
+import time
 import traceback
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import pytest
 from resources.errors import (
     PostHogAPIError,
     PostHogConfigError,
+    PostHogConnectionError,
     PostHogEndpointMissingError,
     PostHogError,
     PostHogNotFoundError,
@@ -208,7 +211,7 @@ def test_client_sends_auth_accept_and_user_agent_per_request(
         assert request.headers["Accept"] == "application/json"
         assert request.headers["User-Agent"] == USER_AGENT
     # The key is not a client-wide default header, so nothing else can pick it up.
-    assert "Authorization" not in client._http.headers
+    assert "Authorization" not in client._t.http.headers
 
 
 def test_client_logs_deprecation_warning_once_per_endpoint(
@@ -416,9 +419,41 @@ def test_iter_groups_refuses_next_outside_the_endpoint(
     assert len(api.requests) == 1
 
 
-def test_iter_groups_with_current_project_accepts_numeric_next(
-    api: Api, make_client: Callable[..., PostHogClient]
+def test_current_project_is_resolved_once_to_its_id_with_a_warning(
+    api: Api, make_client: Callable[..., PostHogClient], caplog: pytest.LogCaptureFixture
 ) -> None:
+    sunset = {"Deprecation": "true", "Sunset": "Fri, 30 Apr 2027 00:00:00 GMT"}
+    api.add("GET", "/api/projects/@current/", jresp(200, {"id": 77, "name": "P"}, sunset))
+    api.add("GET", "/api/projects/77/groups_types/", jresp(200, []))
+    api.add(
+        "GET",
+        "/api/projects/77/groups/",
+        groups_page(["a"], f"{HOST}/api/projects/77/groups/?group_type_index=0&cursor=x"),
+        groups_page(["b"], None),
+    )
+    client = make_client(project_id="@current")
+    with caplog.at_level(logging.WARNING):
+        client.list_group_types()
+        assert [g["group_key"] for g in client.iter_groups(group_type_index=0)] == ["a", "b"]
+    assert api.paths() == [
+        "/api/projects/@current/",
+        "/api/projects/77/groups_types/",
+        "/api/projects/77/groups/?group_type_index=0",
+        "/api/projects/77/groups/?group_type_index=0&cursor=x",
+    ]
+    assert client.project_id == "@current"  # the configured value, as the user wrote it
+    messages = [r.getMessage() for r in caplog.records]
+    resolved = [m for m in messages if "resolved it to project 77" in m]
+    assert len(resolved) == 1
+    assert "2027-04-30" in resolved[0] and "POSTHOG_PROJECT_ID=77" in resolved[0]
+
+
+def test_current_project_kept_when_the_key_cannot_read_projects(
+    api: Api, make_client: Callable[..., PostHogClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = err(403, "permission_denied", "API key missing required scope 'project:read'",
+                  "authentication_error")
+    api.add("GET", "/api/projects/@current/", missing)
     cur = "/api/projects/@current/groups/"
     api.add(
         "GET",
@@ -427,7 +462,12 @@ def test_iter_groups_with_current_project_accepts_numeric_next(
     )
     api.add("GET", "/api/projects/77/groups/", groups_page(["b"], None))
     client = make_client(project_id="@current")
-    assert [g["group_key"] for g in client.iter_groups(group_type_index=0)] == ["a", "b"]
+    with caplog.at_level(logging.WARNING):
+        assert [g["group_key"] for g in client.iter_groups(group_type_index=0)] == ["a", "b"]
+    assert api.paths()[0] == "/api/projects/@current/"
+    assert api.paths().count("/api/projects/@current/") == 1  # not asked again
+    warned = [r.getMessage() for r in caplog.records if "could not be resolved" in r.getMessage()]
+    assert len(warned) == 1 and "2027-04-30" in warned[0] and "project:read" in warned[0]
 
 
 def test_iter_groups_stops_on_repeated_cursor(
@@ -503,7 +543,10 @@ def test_iter_exports_walks_limit_offset(
     api.add("GET", f"{BASE}/exports/", handler)
     client = make_client()
     assert [e["id"] for e in client.iter_exports(limit=2)] == [0, 1, 2, 3, 4]
-    assert api.paths()[0] == f"{BASE}/exports/?limit=2"
+    walk = [f"{BASE}/exports/?limit=2", f"{BASE}/exports/?limit=2&offset=2",
+            f"{BASE}/exports/?limit=2&offset=4"]
+    assert api.paths() == walk + walk  # listed twice: the second proves the first complete
+    assert (client.stats.items, client.stats.pages) == (5, 6)  # items handed out; pages read
 
 
 def test_iter_exports_raises_on_truncated_listing(
@@ -519,19 +562,47 @@ def test_iter_exports_raises_on_truncated_listing(
     with pytest.raises(PostHogPaginationError, match="truncated listing"):
         for export in make_client().iter_exports(limit=2):
             seen.append(export["id"])
-    assert seen == [0, 1, 2, 3]
+    assert seen == []  # nothing is handed out before the listing is proven complete
 
 
-def test_iter_exports_tolerates_count_changing_mid_listing(
+def test_iter_exports_loses_nothing_when_an_export_expires_mid_listing(
+    api: Api, make_client: Callable[..., PostHogClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Exports 0..4, two a page. Export 1 expires just after page 1 is read, so every later
+    # export moves one place forward and page 2 (offset 2) starts at 3: export 2 is skipped by
+    # that walk. The client lists again until two walks agree; export 2 is not lost.
+    live = [0, 1, 2, 3, 4]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        offset = int(parse_qs(request.url.query.decode()).get("offset", ["0"])[0])
+        page = live[offset : offset + 2]
+        more = offset + 2 < len(live)
+        nxt = f"{HOST}{BASE}/exports/?limit=2&offset={offset + 2}" if more else None
+        response = offset_page(page, len(live), nxt)  # type: ignore[arg-type]
+        if len(api.requests) == 1:
+            live.remove(1)
+        return response
+
+    api.add("GET", f"{BASE}/exports/", handler)
+    with caplog.at_level(logging.INFO):
+        ids = [e["id"] for e in make_client().iter_exports(limit=2)]
+    assert ids == [0, 2, 3, 4]  # 1 expired; 2, which the first walk skipped, is there
+    assert len(api.requests) == 2 + 2 + 2  # the skipping walk, then two that agree
+    assert any("listing changed while it was read" in r.getMessage() for r in caplog.records)
+
+
+def test_iter_exports_fails_loudly_when_listings_never_agree(
     api: Api, make_client: Callable[..., PostHogClient]
 ) -> None:
-    api.add(
-        "GET",
-        f"{BASE}/exports/",
-        offset_page(range(0, 2), 5, f"{HOST}{BASE}/exports/?limit=2&offset=2"),
-        offset_page(range(2, 3), 4, None),
-    )
-    assert [e["id"] for e in make_client().iter_exports(limit=2)] == [0, 1, 2]
+    created = iter(range(100, 200))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return offset_page([next(created)], 1, None)  # type: ignore[arg-type]
+
+    api.add("GET", f"{BASE}/exports/", handler)
+    with pytest.raises(PostHogPaginationError, match="4 listings in a row disagreed"):
+        list(make_client().iter_exports(limit=2))
+    assert len(api.requests) == 4
 
 
 def test_iter_group_property_definitions_uses_property_definitions_endpoint(
@@ -723,6 +794,61 @@ def test_retry_503_honours_retry_after(
     assert sleeps == [11.0]
 
 
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["closed-port", "http://nonexistent.invalid", "https://eu.posthgo.invalid"],
+)
+def test_unreachable_host_fails_fast_naming_host_and_variable(host: str) -> None:
+    # Real sockets and real sleeps: a closed local port and names that never resolve (.invalid
+    # is reserved, RFC 2606), so no internet is needed.
+    if host == "closed-port":
+        host = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with PostHogClient(host=host, project_id="1", api_key=KEY) as client:
+        with pytest.raises(PostHogConnectionError) as info:
+            client.list_group_types()
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+    message = str(info.value)
+    assert f"POSTHOG_HOST={host}" in message
+    assert "typo" in message and "DNS" in message and "listening" in message
+    assert "proxy" in message
+    assert "status page" not in message
+    assert info.value.attempts == 2  # one quick retry, no more
+    assert KEY not in full_error_text(info.value)
+
+
+def test_unreachable_host_gets_one_quick_retry_only(
+    api: Api, make_client: Callable[..., PostHogClient], sleeps: list[float]
+) -> None:
+    api.add("GET", f"{BASE}/groups_types/", httpx.ConnectError("[Errno 111] Connection refused"))
+    with pytest.raises(PostHogConnectionError, match="Connection refused"):
+        make_client().list_group_types()
+    assert sleeps == [0.5]
+    assert len(api.requests) == 2
+
+
+def test_host_that_answered_before_keeps_the_long_retries(
+    api: Api, make_client: Callable[..., PostHogClient], sleeps: list[float]
+) -> None:
+    # PostHog answered once in this run, then stopped: an outage, not a typo.
+    api.add("GET", f"{BASE}/groups_types/", jresp(200, []))
+    api.add("GET", f"{BASE}/exports/5/", httpx.ConnectError("[Errno 111] Connection refused"))
+    client = make_client()
+    client.list_group_types()
+    with pytest.raises(PostHogRetryError, match="ConnectError"):
+        client.get_export(5)
+    assert len(sleeps) == 8
+    assert len(api.requests) == 1 + 9
+
+
 @pytest.mark.parametrize(
     "exc",
     [
@@ -852,8 +978,10 @@ def test_403_names_missing_scope(api: Api, make_client: Callable[..., PostHogCli
         list(make_client().iter_groups(group_type_index=0))
     assert str(info.value) == (
         f"GET {BASE}/groups/?group_type_index=0 -> 403 permission_denied: API key missing "
-        "required scope 'group:read'. Give the personal API key the 'group:read' scope "
-        "(PostHog > Settings > Personal API keys)."
+        "required scope 'group:read'. The personal API key (POSTHOG_PERSONAL_API_KEY) lacks the "
+        "'group:read' scope, which GET groups/ (read by the posthog_groups asset) needs: add it "
+        "in PostHog > Settings > Personal API keys (docs/SCOPES.md lists every scope this "
+        "pipeline uses)."
     )
     assert type(info.value) is PostHogAPIError
 
@@ -1096,6 +1224,43 @@ def test_download_refetches_presigned_url_after_storage_403(
     assert budget.acquired == 2
 
 
+def test_download_follows_relative_redirect_on_the_api_origin_with_the_key(
+    api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path, sleeps: list[float]
+) -> None:
+    # A dataset export: content/ answers 302 to a path on PostHog's own API.
+    target = f"{BASE}/datasets/0b8f/exports/5/content"
+    api.add("GET", f"{BASE}/exports/5/content/", httpx.Response(302, headers={"Location": target}))
+    lines = b'{"id":1}\n{"id":2}\n'
+    api.add(
+        "GET",
+        target,
+        httpx.Response(200, content=lines, headers={"Content-Type": "application/x-ndjson"}),
+    )
+    result = make_client().download_export_content(5, tmp_path / "a.jsonl")
+    assert (result.size_bytes, result.content_type) == (len(lines), "application/x-ndjson")
+    assert (tmp_path / "a.jsonl").read_bytes() == lines
+    assert [r.url.raw_path.decode() for r in api.requests] == [f"{BASE}/exports/5/content/", target]
+    second = api.requests[1]
+    assert second.url.host == "us.posthog.com" and second.url.scheme == "https"
+    assert second.headers["Authorization"] == f"Bearer {KEY}"  # same origin: the key goes along
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["/api/projects/2/datasets/x/exports/5/content", "/admin/", "https://us.posthog.com/admin/"],
+)
+def test_download_refuses_same_origin_redirect_outside_the_projects_api(
+    api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path, location: str
+) -> None:
+    api.add(
+        "GET", f"{BASE}/exports/5/content/", httpx.Response(302, headers={"Location": location})
+    )
+    with pytest.raises(PostHogAPIError, match="outside this project's API"):
+        make_client().download_export_content(5, tmp_path / "a.bin")
+    assert len(api.requests) == 1  # not followed, so the key went nowhere else
+
+
 def test_download_direct_200_from_api(
     api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path
 ) -> None:
@@ -1132,7 +1297,7 @@ def test_download_retries_read_error_mid_body(
     assert len(sleeps) == 1
 
 
-@pytest.mark.parametrize("location", ["/relative/path", "ftp://x/y", "javascript:alert(1)", ""])
+@pytest.mark.parametrize("location", ["ftp://x/y", "javascript:alert(1)", ""])
 def test_download_refuses_unusable_redirects(
     api: Api, make_client: Callable[..., PostHogClient], tmp_path: Path, location: str
 ) -> None:
@@ -1279,3 +1444,113 @@ def test_a_small_redirect_body_is_read_so_its_connection_is_reused():
             _release(response)
             assert response.is_closed
     assert seen == ["read 0", "closed", "closed"]
+
+
+# ---- credentials in logs ----------------------------------------------------------------
+
+
+def test_content_download_logs_no_presigned_query_or_key_at_any_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over real HTTP through the simulator's 302 to presigned storage, with every logger
+    # (httpx's INFO request line, httpcore's DEBUG response headers) at DEBUG.
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    cfg = SimConfig(dataset=DatasetSpec(groups_per_type=(1,), n_exports=6), rate_limits=None)
+    with Simulator(cfg) as sim:
+        export = next(e for e in sim.dataset.exports(1) if e["has_content"])
+        presigned = sim.presign(export["id"], export["export_format"])
+        signature = presigned.rsplit("X-Amz-Signature=", 1)[1]
+        caplog.set_level(logging.DEBUG)
+        with PostHogClient(host=sim.api_url, project_id="1", api_key=sim.cfg.api_key) as client:
+            got = client.download_export_content(export["id"], tmp_path / "content.bin")
+        assert got.size_bytes > 0
+        assert any(r.server == "storage" for r in sim.request_log)
+    messages = [r.getMessage() for r in caplog.records] + [caplog.text]
+    assert any("HTTP Request: GET" in m for m in messages)  # httpx's line is there, redacted
+    assert any("?[redacted]" in m for m in messages)
+    for text in messages:
+        assert "X-Amz-" not in text
+        assert signature[:16] not in text
+        assert sim.cfg.api_key not in text
+
+
+def test_dataset_export_download_through_the_simulator_follows_the_api_redirect(
+    tmp_path: Path,
+) -> None:
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    spec = DatasetSpec(groups_per_type=(1,), n_exports=2, dataset_exports=1)
+    with Simulator(SimConfig(dataset=spec, rate_limits=None)) as sim:
+        export = next(
+            e for e in sim.dataset.exports(1) if e["export_format"] == "application/x-ndjson"
+        )
+        with PostHogClient(host=sim.api_url, project_id="1", api_key=sim.cfg.api_key) as client:
+            got = client.download_export_content(export["id"], tmp_path / "d.jsonl")
+        assert got.content_type == "application/x-ndjson"
+        assert got.path.read_bytes() == sim.dataset.export_content(export["id"])
+        assert client.stats.retries == 0
+        followed = [r for r in sim.request_log if "/datasets/" in r.path]
+        assert len(followed) == 1 and followed[0].status == 200
+        assert followed[0].authorization == f"Bearer {sim.cfg.api_key}"
+
+
+def test_current_project_through_the_simulator_is_asked_for_once(tmp_path: Path) -> None:
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    spec = DatasetSpec(groups_per_type=(3, 2), n_exports=2)
+    with Simulator(SimConfig(dataset=spec, rate_limits=None)) as sim:
+        with PostHogClient(host=sim.api_url, project_id="@current", api_key=sim.cfg.api_key) as c:
+            assert [t["group_type_index"] for t in c.list_group_types()] == [0, 1]
+            assert len(list(c.iter_groups(group_type_index=1))) == 2
+        paths = [r.path for r in sim.request_log]
+    assert paths[0] == "/api/projects/@current/"
+    assert all(p.startswith("/api/projects/1/") for p in paths[1:]) and len(paths) == 3
+
+
+# ---- scopes -----------------------------------------------------------------------------
+
+
+def test_403_through_the_simulator_names_the_scope_and_the_asset_that_needs_it() -> None:
+    from posthog_sim import SimConfig, Simulator
+    from posthog_sim.config import DatasetSpec
+
+    spec = DatasetSpec(groups_per_type=(3,), n_exports=2)
+    with Simulator(SimConfig(dataset=spec, rate_limits=None)) as sim:
+        key = sim.issue_key(["group:read"])
+        with PostHogClient(host=sim.api_url, project_id="1", api_key=key) as client:
+            assert len(list(client.iter_groups(group_type_index=0))) == 3  # group:read suffices
+            with pytest.raises(PostHogAPIError) as defs:
+                list(client.iter_group_property_definitions(group_type_index=0))
+            with pytest.raises(PostHogAPIError) as exports:
+                list(client.iter_exports())
+            with pytest.raises(PostHogAPIError) as create:
+                client.create_export(export_format="text/csv", export_context={"path": "/x"})
+    assert defs.value.status == 403
+    assert "lacks the 'property_definition:read' scope" in str(defs.value)
+    assert "posthog_group_property_definitions asset" in str(defs.value)
+    assert "lacks the 'export:read' scope" in str(exports.value)
+    assert "posthog_exports asset" in str(exports.value)
+    assert "lacks the 'export:write' scope" in str(create.value)
+    assert "posthog_requested_exports asset" in str(create.value)
+    for error in (defs.value, exports.value, create.value):
+        assert key not in full_error_text(error)
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ('HTTP Request: GET https://s3.example/k?X-Amz-Signature=abc123 "HTTP/1.1 200 OK"',
+         "abc123"),
+        ("return_value=(b'HTTP/1.1', 302, b'Found', [(b'Location', b'/api/x?sig=abc123')])",
+         "abc123"),
+        ("Authorization: Bearer phx_abc123", "phx_abc123"),
+    ],
+)
+def test_redact_secrets_removes_query_strings_and_keys(line: str, secret: str) -> None:
+    from resources.posthog_logging import redact_secrets
+
+    assert secret not in redact_secrets(line)

@@ -62,26 +62,26 @@ def test_resource_rejects_bad_request_settings(
 def test_resource_builds_client_with_shared_budget(tmp_path: Path) -> None:
     res = resource(tmp_path, requests_per_minute=" 120 ", request_timeout=5.0)
     with res.get_client() as client:
-        budget = client._budget
+        budget = client._t.budget
         assert budget is not None
         assert budget.path == tmp_path / "lake" / "_state" / "budget.sqlite"
         assert budget.limits == ((120, 60.0), (4800, 3600.0))
         assert budget.bucket == budget_bucket("https://us.posthog.com", KEY)
-        assert client._timeout == httpx.Timeout(5.0, connect=5.0)
-        assert client._max_retries == 8
+        assert client._t.timeout == httpx.Timeout(5.0, connect=5.0)
+        assert client._t.max_retries == 8
 
 
 def test_resource_zero_rates_are_unlimited(tmp_path: Path) -> None:
     res = resource(tmp_path, requests_per_minute="0", requests_per_hour="0")
     with res.get_client() as client:
-        assert client._budget is not None and client._budget.unlimited
+        assert client._t.budget is not None and client._t.budget.unlimited
 
 
 def test_resource_normalizes_host_for_the_budget_bucket(tmp_path: Path) -> None:
     a = resource(tmp_path, host="https://us.posthog.com/").get_client()
     b = resource(tmp_path, host="HTTPS://US.POSTHOG.COM:443").get_client()
     try:
-        assert a._budget.bucket == b._budget.bucket  # type: ignore[union-attr]
+        assert a._t.budget.bucket == b._t.budget.bucket  # type: ignore[union-attr]
     finally:
         a.close()
         b.close()
@@ -158,7 +158,7 @@ def test_resource_rate_limit_windows_override_and_bad_value_names_env_var() -> N
     resource = PostHogResource(host="http://127.0.0.1:9", project_id="1",
                                personal_api_key="phx_windows_test", rate_limit_windows="60/10, 240/60")
     with resource.get_client() as client:
-        assert client._budget.limits == ((60, 10.0), (240, 60.0))
+        assert client._t.budget.limits == ((60, 10.0), (240, 60.0))
     bad = PostHogResource(host="http://127.0.0.1:9", project_id="1",
                           personal_api_key="phx_windows_test", rate_limit_windows="60 per 10")
     with pytest.raises(PostHogConfigError, match="POSTHOG_RATE_LIMIT_WINDOWS"):

@@ -782,3 +782,86 @@ def test_precomputed_property_values_are_the_counts_a_first_request_computes():
     for i in (0, 1):
         for key in ("industry", "name", "plan", "missing"):
             assert warm.property_values(i, key) == cold.property_values(i, key)
+
+
+# ============================================================ dataset (JSON Lines) exports
+def test_dataset_export_content_redirects_to_a_path_on_the_api(sim_factory):
+    sim = sim_factory(groups_per_type=(1,), n_exports=3, dataset_exports=2,
+                      extra_keys={"phx_export_only": (1, ("export:read",))})
+    listed = sim.dataset.exports(1)
+    jsonl = [e for e in listed if e["export_format"] == "application/x-ndjson"]
+    assert len(jsonl) == 2 and all(e["has_content"] for e in jsonl)  # listed: created_by the user
+    e = jsonl[0]
+    with _client(sim) as c:
+        assert c.get(f"/api/projects/1/exports/{e['id']}/").status_code == 404  # not retrievable
+        r = c.get(f"/api/projects/1/exports/{e['id']}/content/", follow_redirects=False)
+        assert r.status_code == 302
+        loc = r.headers["Location"]
+        assert loc == (f"/api/projects/1/datasets/{e['export_context']['dataset_id']}"
+                       f"/exports/{e['id']}/content")
+        body = c.get(loc)
+        assert body.status_code == 200
+        assert body.headers["Content-Type"] == "application/x-ndjson"
+        rows = [json.loads(line) for line in body.content.decode().splitlines()]
+        assert len(rows) == 12 and all("input" in row for row in rows)
+        assert body.content == sim.dataset.export_content(e["id"])
+        # the target checks the dataset id and needs a key like any API path
+        assert c.get(loc.replace(e["export_context"]["dataset_id"], "x")).status_code == 404
+    with httpx.Client(base_url=sim.api_url) as anon:
+        assert anon.get(loc).status_code == 401
+    with _client(sim, "phx_export_only") as scoped:
+        r = scoped.get(loc)
+        assert r.status_code == 403 and "dataset:read" in r.json()["detail"]
+
+
+# ============================================================ @current
+def test_current_alias_carries_deprecation_headers_and_resolves(sim_factory):
+    sim = sim_factory(groups_per_type=(1,), n_exports=1,
+                      extra_keys={"phx_groups_only": (1, ("group:read",))})
+    with _client(sim) as c:
+        r = c.get("/api/projects/@current/groups_types/")
+        assert r.status_code == 200
+        assert r.headers["Deprecation"] == "true"
+        assert r.headers["Sunset"] == "Fri, 30 Apr 2027 00:00:00 GMT"
+        assert r.headers["Link"] == '</api/projects/1/groups_types/>; rel="successor-version"'
+        project = c.get("/api/projects/@current/")
+        assert project.status_code == 200 and project.json()["id"] == 1
+        numeric = c.get("/api/projects/1/groups_types/")
+        assert "Deprecation" not in numeric.headers and "Sunset" not in numeric.headers
+    with _client(sim, "phx_groups_only") as scoped:
+        r = scoped.get("/api/projects/@current/")
+        assert r.status_code == 403
+        assert r.json()["detail"] == "API key missing required scope 'project:read'"
+
+
+# ============================================================ scoped keys
+def test_issued_keys_have_exactly_their_scopes_per_endpoint(sim_factory):
+    sim = sim_factory(groups_per_type=(2,), n_exports=3)
+    expected = {
+        # path: scope PostHog's viewsets ask for (scope_object + read/write by action)
+        "/api/projects/1/groups_types/": "group:read",
+        "/api/projects/1/groups/?group_type_index=0": "group:read",
+        "/api/projects/1/groups/property_values/?group_type_index=0&key=industry": "group:read",
+        "/api/projects/1/property_definitions/?type=group&group_type_index=0":
+            "property_definition:read",
+        "/api/projects/1/exports/": "export:read",
+        "/api/projects/1/": "project:read",
+    }
+    for path, scope in expected.items():
+        denied = sim.issue_key([sc for sc in ("group:read", "property_definition:read",
+                                              "export:read", "project:read") if sc != scope])
+        with _client(sim, denied) as c:
+            r = c.get(path)
+            assert r.status_code == 403, path
+            assert r.json()["detail"] == f"API key missing required scope '{scope}'"
+        with _client(sim, sim.issue_key([scope])) as c:
+            assert c.get(path).status_code == 200, path
+        write = scope.replace(":read", ":write")  # :write implies :read
+        with _client(sim, sim.issue_key([write])) as c:
+            assert c.get(path).status_code == 200, path
+    with _client(sim, sim.issue_key(["export:read"])) as c:
+        r = c.post("/api/projects/1/exports/", json={"export_format": "image/png", "insight": 1})
+        assert r.status_code == 403 and "export:write" in r.json()["detail"]
+    with pytest.raises(ValueError):
+        sim.issue_key(["group"])
+    assert sim.keys[sim.api_key][1] == ("*",)  # the demo's default key keeps every scope
