@@ -12,6 +12,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+import run
 from pipelines import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +119,11 @@ def test_status_with_a_lake_but_no_warehouse_points_at_rebuild_views(tmp_path):
     assert out.returncode == 1
     assert "posthog-pipeline rebuild-views" in out.stderr
     assert _tree(tmp_path) == before
+
+
+def test_cli_demo_paths_are_the_ones_run_py_ui_shows():
+    assert run.DEMO_LAKE_ROOT == run.ROOT / cli.DEMO_LAKE_ROOT
+    assert run.DEMO_DUCKDB == run.ROOT / cli.DEMO_DUCKDB
 
 
 def test_demo_leaves_the_configured_lake_untouched(tmp_path):
