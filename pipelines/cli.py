@@ -1,4 +1,4 @@
-"""`posthog-pipeline`: the quick-start demo, SQL over the warehouse, and what the warehouse holds."""
+"""`posthog-pipeline`: the quick-start demo, SQL over the warehouse, what the warehouse holds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -124,33 +123,33 @@ def _statements(query: str) -> list[str]:
 
 def _run_statements(
     store: Lake, statements: list[str], max_rows: int | None
-) -> Iterator[tuple[list[str], list[tuple], bool]]:
+) -> tuple[list[tuple[list[str], list[tuple], bool]], LakeError | None]:
     """(columns, rows, truncated) of each statement, in order, on one read-only connection (so a
-    SET applies to the statements after it). A failing statement stops the rest."""
-    if not store.warehouse.is_file():
-        raise LakeError(f"DUCKDB_DATABASE {store.warehouse} does not exist: run a sync first")
+    SET applies to the statements after it), and the error that stopped the rest, if any. The
+    connection is closed before anything is printed, so a slow terminal never holds it."""
     # the lake's own reader path (let a publishing writer go first, retry DuckDB's short lock);
     # Lake.query_table runs one statement per connection, so it cannot carry a SET across
     store._await_writer()
     con = store._connect(read_only=True)
+    results = []
     try:
         for number, statement in enumerate(statements, 1):
             try:
                 cursor = con.execute(statement)
                 if cursor.description is None:
-                    yield [], [], False
+                    results.append(([], [], False))
                     continue
                 columns = [d[0] for d in cursor.description]
-                if max_rows is None:
-                    yield columns, cursor.fetchall(), False
-                    continue
-                rows = cursor.fetchmany(max_rows + 1)
+                rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
             except duckdb.Error as exc:
-                where = f"statement {number} of {len(statements)}" if len(statements) > 1 else ""
-                raise LakeError(f"query failed{' at ' + where if where else ''}: {exc}") from None
-            yield columns, rows[:max_rows], len(rows) > max_rows
+                where = (f" at statement {number} of {len(statements)}"
+                         if len(statements) > 1 else "")
+                return results, LakeError(f"query failed{where}: {exc}")
+            truncated = max_rows is not None and len(rows) > max_rows
+            results.append((columns, rows[:max_rows] if truncated else rows, truncated))
     finally:
         con.close()
+    return results, None
 
 
 @main.command()
@@ -169,32 +168,35 @@ def sql(query: str, fmt: str, max_rows: int, full: bool, demo: bool) -> None:
     """
     statements = _statements(query)
     store = _read_lake(demo=demo)
-    first = True
     try:
-        for columns, rows, truncated in _run_statements(store, statements, max_rows or None):
-            if columns in ([], ["Success"]):
-                continue  # SET, LOAD, ...: DuckDB's CLI prints nothing for them either
-            if fmt == "json":
-                for row in rows:
-                    click.echo(json.dumps(dict(zip(columns, row, strict=True)), default=str,
-                                          ensure_ascii=False))
-                continue
-            if not first:
-                click.echo("")
-            first = False
-            if fmt == "csv":
-                import csv
-
-                writer = csv.writer(sys.stdout)
-                writer.writerow(columns)
-                writer.writerows(rows)
-                sys.stdout.flush()
-            else:
-                _print_table(columns, rows, full=full)
-                click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
-                           f"{', more not shown: use --max-rows 0' if truncated else ''})")
+        results, error = _run_statements(store, statements, max_rows or None)
     except LakeError as exc:
         raise click.ClickException(str(exc)) from None
+    first = True
+    for columns, rows, truncated in results:
+        if columns in ([], ["Success"]):
+            continue  # SET, LOAD, ...: DuckDB's CLI prints nothing for them either
+        if fmt == "json":
+            for row in rows:
+                click.echo(json.dumps(dict(zip(columns, row, strict=True)), default=str,
+                                      ensure_ascii=False))
+            continue
+        if not first:
+            click.echo("")
+        first = False
+        if fmt == "csv":
+            import csv
+
+            writer = csv.writer(sys.stdout)
+            writer.writerow(columns)
+            writer.writerows(rows)
+            sys.stdout.flush()
+        else:
+            _print_table(columns, rows, full=full)
+            click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
+                       f"{', more not shown: use --max-rows 0' if truncated else ''})")
+    if error is not None:
+        raise click.ClickException(str(error))
 
 
 def _status(store: Lake) -> None:
