@@ -121,6 +121,15 @@ def test_status_with_a_lake_but_no_warehouse_points_at_rebuild_views(tmp_path):
     assert _tree(tmp_path) == before
 
 
+def test_rebuild_views_refuses_a_missing_lake_instead_of_creating_one(tmp_path):
+    before = _tree(tmp_path)
+    out = subprocess.run([CLI, "rebuild-views"], cwd=tmp_path, env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"LAKE_ROOT {tmp_path / 'data' / 'lake'} does not exist" in out.stderr
+    assert _tree(tmp_path) == before
+
+
 def test_cli_demo_paths_are_the_ones_run_py_ui_shows():
     assert run.DEMO_LAKE_ROOT == run.ROOT / cli.DEMO_LAKE_ROOT
     assert run.DEMO_DUCKDB == run.ROOT / cli.DEMO_DUCKDB
@@ -150,8 +159,14 @@ def test_demo_leaves_the_configured_lake_untouched(tmp_path):
     # 5 exports of the key's user (1 of them expired) and 5 of another user's
     assert ("10 exports in the simulator, 4 of them listed to this key (1 expired, 5 created by "
             "another user") in out.stdout
+    landed = _tree(cwd)
     count = subprocess.run([CLI, "sql", "--demo", "--format", "csv",
                             "SELECT count(*) AS n FROM posthog.exports"],
                            cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert count.returncode == 0, count.stderr
     assert count.stdout.split() == ["n", "4"]
+    status = subprocess.run([CLI, "status", "--demo"], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert f"Warehouse {demo / 'warehouse.duckdb'}" in status.stdout
+    assert _tree(cwd) == landed  # reading a lake changes nothing in it either
