@@ -215,6 +215,21 @@ def run_ui(argv: list[str]) -> int:
     return code if code >= 0 else 128 - code
 
 
+def _in_foreground() -> bool:
+    """Whether run.py's process group is its terminal's foreground group: then a SIGINT is the
+    terminal's Ctrl-C, which the child (in the same group) got as well."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__)
@@ -223,17 +238,17 @@ def main(argv: list[str]) -> int:
     ensure_env("test")
     if argv[0] == "ui":
         return run_ui(argv[1:])
-    # demo and test stay in the terminal's process group (pytest --pdb reads the terminal), so a
-    # Ctrl-C reaches them directly: run.py only waits for them, without a traceback of its own
-    # (a handler, not SIG_IGN, which the child would inherit)
-    signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+    # demo and test stay in run.py's process group (pytest --pdb reads the terminal), so a Ctrl-C
+    # in the terminal reaches them directly; a SIGINT from anywhere else is forwarded. run.py
+    # waits for them either way, without a traceback of its own.
     child = subprocess.Popen(COMMANDS[argv[0]] + argv[1:], cwd=ROOT)
 
     def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+        if signum != signal.SIGINT or not _in_foreground():
+            child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
     code = child.wait()
     return code if code >= 0 else 128 - code
 

@@ -162,3 +162,35 @@ def test_run_py_ui_env_shows_the_demo_only_on_a_try_out():
 def test_run_py_ui_refuses_simulator_over_a_configured_host(monkeypatch):
     monkeypatch.setenv("POSTHOG_HOST", "https://eu.posthog.com")
     assert run.run_ui(["--with-simulator"]) == 2
+
+
+def test_run_py_test_forwards_sigint_without_a_traceback(tmp_path):
+    """With no terminal (a supervisor, CI), a SIGINT to run.py reaches pytest, run.py's child;
+    run.py returns pytest's exit code and prints no KeyboardInterrupt traceback of its own."""
+    started = tmp_path / "started"
+    test_file = tmp_path / "test_sleeps.py"
+    test_file.write_text(
+        "import pathlib, time\n\n\n"
+        "def test_sleeps():\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "test", "-p", "no:cacheprovider", str(test_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 2, out + err  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in out  # pytest's own summary
+    assert "Traceback (most recent call last)" not in err
