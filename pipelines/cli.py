@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,6 +276,47 @@ def rebuild_views() -> None:
     click.echo(f"Views rebuilt in {store.warehouse} from {store.root}.")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_sync(env: dict[str, str]) -> tuple[int | None, str, str]:
+    """`dagster asset materialize --select '*'`: (exit code, or None if interrupted; stdout;
+    stderr). It runs in its own process group: a Ctrl-C or SIGTERM to the demo sends it one
+    SIGINT, on which Dagster ends the run cleanly, and waits for it (killed after 30 s), so no
+    run is left 'started' in DAGSTER_HOME and nothing keeps running."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "asset", "materialize",
+             "-m", "pipelines.definitions", "--select", "*"],
+            env=env, stdout=out, stderr=err, text=True, process_group=0,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            code: int | None = proc.wait()
+        except KeyboardInterrupt:
+            code = None
+            click.echo("Stopping the sync ...", err=True)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop, not a second interrupt
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            try:  # Dagster's compute-log helpers, should any outlive the sync
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read()
+
+
 def _exports_banner(sim) -> str:
     """How many of the simulator's exports the sync will see, and why not all of them."""
     exports = sim.dataset.all_exports()
@@ -325,17 +368,17 @@ def demo(groups: str, n_exports: int, seed: int) -> None:
         }
         click.echo("Running: dagster asset materialize -m pipelines.definitions --select '*'")
         started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "dagster", "asset", "materialize",
-             "-m", "pipelines.definitions", "--select", "*"],
-            env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-        )
+        code, stdout, stderr = _run_sync(env)
         elapsed = time.monotonic() - started
         requests = len(sim.request_log)
-    if proc.returncode != 0:
-        click.echo(proc.stdout[-4000:], err=True)
-        click.echo(proc.stderr[-8000:], err=True)
-        raise click.ClickException(f"the sync failed (exit {proc.returncode}); its log is above")
+    if code is None:
+        click.echo(f"Interrupted: the sync was stopped (its run: DAGSTER_HOME={dagster_home}).",
+                   err=True)
+        raise click.exceptions.Exit(130)
+    if code != 0:
+        click.echo(stdout[-4000:], err=True)
+        click.echo(stderr[-8000:], err=True)
+        raise click.ClickException(f"the sync failed (exit {code}); its log is above")
     click.echo(f"Sync finished in {elapsed:.1f}s with {requests} requests to the simulator.\n")
     _status(_read_lake(demo=True))
     click.echo("\nTry:  posthog-pipeline sql --demo \"SELECT group_type, count(*) FROM "

@@ -170,3 +170,53 @@ def test_demo_leaves_the_configured_lake_untouched(tmp_path):
     assert status.returncode == 0, status.stderr
     assert f"Warehouse {demo / 'warehouse.duckdb'}" in status.stdout
     assert _tree(cwd) == landed  # reading a lake changes nothing in it either
+
+
+def test_demo_stops_its_sync_on_sigterm(tmp_path):
+    """SIGTERM mid-sync: the demo stops `dagster asset materialize` (one SIGINT, so Dagster ends
+    the run) and waits for it; nothing keeps running and the run is not left 'STARTED'
+    (before, the demo died at once and the sync ran on, orphaned)."""
+    import signal
+    import sqlite3
+    import time
+    import uuid
+
+    token = uuid.uuid4().hex
+    env = _env(DAGSTER_HOME=str(tmp_path / "dagster_home"), CLI_TEST_MARKER=token)
+    out_file = tmp_path / "stdout.txt"
+
+    def marked() -> list[int]:
+        pids = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if f"CLI_TEST_MARKER={token}".encode() in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+        return pids
+
+    with out_file.open("w") as out:
+        proc = subprocess.Popen([CLI, "demo", "--groups", "200000,100000"], cwd=tmp_path,
+                                env=env, stdout=out, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Running:" not in out_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(3)
+        assert any(pid != proc.pid for pid in marked())  # the sync is running
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=45)
+    finally:
+        for pid in marked():
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Interrupted: the sync was stopped" in err and "Traceback" not in err
+    assert marked() == []
+    with sqlite3.connect(tmp_path / "dagster_home" / "history" / "runs.db") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("FAILURE",)]
