@@ -43,6 +43,11 @@ PY = sys.executable
 BIN = Path(PY).parent
 API_KEY = "phx_sim_key_0123456789"
 TOOLS = ("ours", "dlt", "floor")
+# Also available with --tools: `ours_s3` (our sync with LAKE_ROOT on a local S3-compatible server,
+# SeaweedFS from tests/s3_server.py) and `ours_before` (our sync from another checkout, given by
+# --before: a before/after comparison in one run, e.g. `git worktree add /tmp/before <commit>`).
+BEFORE: Path | None = None
+S3 = None  # the S3 server, started once when ours_s3 runs
 
 
 # ------------------------------------------------------------------ simulator
@@ -173,7 +178,7 @@ def _label(p: psutil.Process) -> str:
 def tool_cmd(tool: str, sim: Sim, work: Path, *, windows: str | None = None) -> tuple[list[str], dict]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    if tool == "ours":
+    if tool in ("ours", "ours_s3", "ours_before"):
         (work / "dagster_home").mkdir(exist_ok=True)
         env.update({
             "POSTHOG_HOST": sim.api_url, "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": API_KEY,
@@ -183,7 +188,17 @@ def tool_cmd(tool: str, sim: Sim, work: Path, *, windows: str | None = None) -> 
         })
         if windows:
             env["POSTHOG_RATE_LIMIT_WINDOWS"] = windows
-        return [str(BIN / "dagster"), "asset", "materialize", "-m", "pipelines.definitions",
+        if tool == "ours_s3":
+            import uuid
+
+            bucket = f"bench-{uuid.uuid4().hex[:12]}"
+            S3.create_bucket(bucket)
+            env.update({"LAKE_ROOT": f"s3://{bucket}/lake", "AWS_ENDPOINT_URL": S3.endpoint_url,
+                        "AWS_REGION": S3.region, "AWS_ACCESS_KEY_ID": S3.access_key,
+                        "AWS_SECRET_ACCESS_KEY": S3.secret_key, "AWS_ALLOW_HTTP": "true"})
+        if tool == "ours_before":
+            env["PYTHONPATH"] = str(BEFORE)  # that checkout's modules, this environment's packages
+        return [PY, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
                 "--select", "*"], env
     if tool == "dlt":
         return [PY, "-m", "benchmarks.dlt_sync", "--host", sim.api_url, "--api-key", API_KEY,
@@ -225,14 +240,15 @@ def run_one(tool: str, groups: int, types: int, exports: int, base: Path, *, tag
         s0 = sim.stats()
         u0 = sim.usage()
         cmd, env = tool_cmd(tool, sim, work, windows=windows)
-        res = measure(cmd, env, ROOT, work / "tool.log")
+        cwd = BEFORE if tool == "ours_before" else ROOT
+        res = measure(cmd, env, cwd, work / "tool.log")
         s1 = sim.stats()
         u1 = sim.usage()
         res["sim"] = stats_delta(s1, s0)
         res["sim_cpu_s"] = u1["cpu_s"] - u0["cpu_s"]
         res["sim_rss_mb"] = u1["rss_mb"]
         if second_sync:
-            res2 = measure(cmd, env, ROOT, work / "tool-second-sync.log")
+            res2 = measure(cmd, env, cwd, work / "tool-second-sync.log")
             s2 = sim.stats()
             res2["sim"] = stats_delta(s2, s1)
             res["second_sync"] = res2
@@ -308,6 +324,21 @@ def ratios(results: list[dict]) -> str:
                      f"{med(o, 'wall_s') / med(f, 'wall_s'):.2f}x | {med(o, 'cpu_s') / med(d, 'cpu_s'):.2f}x | "
                      f"{med(o, 'peak_tree_rss_mb') / med(d, 'peak_tree_rss_mb'):.2f}x | "
                      f"{med(o, 'max_process_rss_mb') / med(d, 'max_process_rss_mb'):.2f}x |")
+    compared = [(g, t) for g, t in sorted(by.items()) if "ours" in t
+                and ({"ours_before", "ours_s3"} & t.keys())]
+    if compared:
+        lines += ["", "| groups | compared with ours (local lake) | wall | CPU | peak RSS tree | "
+                  "largest process |", "|---:|---|---:|---:|---:|---:|"]
+        for g, tools in compared:
+            o = tools["ours"]
+            for other in ("ours_before", "ours_s3"):
+                if other in tools:
+                    x = tools[other]
+                    lines.append(
+                        f"| {g:,} | {other} / ours | {med(x, 'wall_s') / med(o, 'wall_s'):.2f}x | "
+                        f"{med(x, 'cpu_s') / med(o, 'cpu_s'):.2f}x | "
+                        f"{med(x, 'peak_tree_rss_mb') / med(o, 'peak_tree_rss_mb'):.2f}x | "
+                        f"{med(x, 'max_process_rss_mb') / med(o, 'max_process_rss_mb'):.2f}x |")
     return "\n".join(lines)
 
 
@@ -331,11 +362,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help="comma list of: startup,second,ratelimit,sizes")
     p.add_argument("--quick", action="store_true", help="20k groups, 100 exports, short rate-limited run")
     p.add_argument("--workdir", default=None, help="scratch dir (default: a temp dir, removed)")
+    p.add_argument("--before", default=None,
+                   help="checkout whose sync runs as the `ours_before` tool (before/after)")
     a = p.parse_args(argv)
+    global BEFORE, S3
+    BEFORE = Path(a.before).absolute() if a.before else None
     if a.quick:
         a.sizes, a.exports, a.rl_groups, a.rl_exports = "20000", 100, 10000, 40
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     tools = [t for t in a.tools.split(",") if t]
+    if "ours_before" in tools and BEFORE is None:
+        p.error("--tools ours_before needs --before <checkout>")
+    if "ours_s3" in tools:
+        sys.path.insert(0, str(ROOT))
+        from tests.s3_server import S3Server
+
+        S3 = S3Server().start()
     skip = set(a.skip.split(","))
     base = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="phbench-"))
     out: dict = {"machine": machine(), "args": vars(a), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -382,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             save()
     finally:
         save()
+        if S3 is not None:
+            S3.stop()
         if not a.workdir:
             shutil.rmtree(base, ignore_errors=True)
     print()

@@ -1,7 +1,12 @@
 """How a sync becomes visible: one Delta commit per table, readers see the old version or the new.
 
-A table's commit is atomic (delta-rs writes the data files, then one log entry names them);
-several tables are committed one after another in the order the caller gives, so the caller
+A table's commit is atomic: the data files are put in the table's directory first (unreferenced,
+so no reader sees them; vacuum removes them if the commit never comes), then one log entry names
+them. A snapshot, and rows for keys no current file holds, are committed by adding the staged
+files as they are (encoded once, by pyarrow); a merge, and a replacement of rows some current
+file holds, go through delta-rs's own merge and predicate overwrite.
+
+Several tables are committed one after another in the order the caller gives, so the caller
 orders them to be safe at every boundary (e.g. an export's rows before the record that says it
 is archived). A process killed between two commits leaves every table at its old version or its
 new one, and the next sync redoes what is missing: ``replace_keys`` and ``merge`` commits are
@@ -13,12 +18,22 @@ is where "last sync per asset" is read from (the DuckDB file is derived and disp
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from resources.lake import faults
 from resources.lake.errors import LakeError
@@ -85,16 +100,11 @@ def commit(location: Location, schema: str, staged: StagedTable, *, asset: str |
 
 def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
            props: CommitProperties, configuration: dict[str, str] | None) -> int | None:
-    options = location.storage_options
     existing = open_table(location, uri)
     if spec.mode == "snapshot" or existing is None:
         # a snapshot replaces the table; a keyed table's first commit creates it
-        write_deltalake(
-            uri, staged.batches(), mode="overwrite", schema_mode="overwrite",
-            description=spec.description or None, storage_options=options,
-            configuration=configuration if existing is None else None, commit_properties=props,
-        )
-        return _version(location, uri)
+        return add_files(location, uri, staged.files, spec, props, mode="overwrite",
+                         existing=existing, configuration=configuration)
     if spec.mode == "merge":
         if not staged.rows_written:
             return None
@@ -112,12 +122,102 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
     if not values:
         return None
     (column,) = spec.key
+    if not _may_hold(existing, column, values):
+        # the common case (rows of exports archived for the first time): nothing to replace
+        return add_files(location, uri, staged.files, spec, props, mode="append",
+                         existing=existing)
     write_deltalake(
         existing, staged.batches(), mode="overwrite", schema_mode="merge",
         predicate=f"{column} IN ({', '.join(_sql_value(v) for v in values)})",
-        storage_options=options, commit_properties=props,
+        storage_options=location.storage_options, commit_properties=props,
     )
     return _version(location, uri)
+
+
+def add_files(location: Location, uri: str, files: list[Path], spec: TableSpec,
+              props: CommitProperties, *, mode: str, existing: DeltaTable | None,
+              configuration: dict[str, str] | None = None) -> int:
+    """Put local Parquet files into the table and commit them in one log entry (``overwrite``
+    also removes every current file from the new version)."""
+    actions = [_put(location, uri, path, spec) for path in files]
+    schema = DeltaSchema.from_arrow(spec.full_schema)
+    if existing is None:
+        create_table_with_add_actions(
+            uri, schema, actions, mode="overwrite", description=spec.description or None,
+            configuration=configuration, storage_options=location.storage_options,
+            commit_properties=props)
+    else:
+        existing.create_write_transaction(actions, mode=mode, schema=schema,
+                                          commit_properties=props)
+    return _version(location, uri)
+
+
+def _put(location: Location, uri: str, path: Path, spec: TableSpec) -> AddAction:
+    """Move (local) or upload (S3) one staged file into the table; its add action."""
+    name = f"part-{uuid.uuid4()}.zstd.parquet"
+    metadata = pq.read_metadata(path)
+    size = path.stat().st_size
+    target = location.fs_path(f"{uri}/{name}")
+    if location.is_local:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError:  # another filesystem: copy, then the staged file goes with its dir
+            shutil.copyfile(path, target)
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
+    else:
+        with path.open("rb") as src, location.filesystem.open_output_stream(target) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return AddAction(name, size, {}, int(os.stat(target).st_mtime * 1000) if location.is_local
+                     else int(datetime.now().timestamp() * 1000), True, _stats(metadata, spec))
+
+
+def _stats(metadata: pq.FileMetaData, spec: TableSpec) -> str:
+    """Delta file statistics: the row count, and min/max/null count of the key columns (what
+    replace_keys and merges use to skip files)."""
+    mins: dict = {}
+    maxs: dict = {}
+    nulls: dict = {}
+    names = metadata.schema.names
+    for column in spec.key:
+        i = names.index(column)
+        lo = hi = None
+        count = 0
+        for g in range(metadata.num_row_groups):
+            stats = metadata.row_group(g).column(i).statistics
+            if stats is None or not stats.has_min_max:
+                lo = hi = None
+                break
+            lo = stats.min if lo is None else min(lo, stats.min)
+            hi = stats.max if hi is None else max(hi, stats.max)
+            count += stats.null_count or 0
+        if lo is not None and isinstance(lo, int | str):
+            mins[column], maxs[column], nulls[column] = lo, hi, count
+    stats = {"numRecords": metadata.num_rows}
+    if mins:
+        stats.update(minValues=mins, maxValues=maxs, nullCount=nulls)
+    return json.dumps(stats)
+
+
+def _may_hold(table: DeltaTable, column: str, values: list) -> bool:
+    """Whether any current file may hold one of ``values`` in ``column`` (by its statistics;
+    a file without them may hold anything)."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return False
+    lo_name, hi_name = f"min.{column}", f"max.{column}"
+    if lo_name not in actions.column_names or hi_name not in actions.column_names:
+        return True
+    lows, highs = actions.column(lo_name).to_pylist(), actions.column(hi_name).to_pylist()
+    ordered = sorted(values)
+    for lo, hi in zip(lows, highs, strict=True):
+        if lo is None or hi is None:
+            return True
+        i = bisect.bisect_left(ordered, lo)
+        if i < len(ordered) and ordered[i] <= hi:
+            return True
+    return False
 
 
 def _version(location: Location, uri: str) -> int:

@@ -14,14 +14,22 @@ compares against that history and adds exactly what changed since.
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import duckdb
-from deltalake import write_deltalake
+import pyarrow.parquet as pq
 
 from resources.lake import faults
-from resources.lake.commit import Committed, commit_properties, open_table, table_uri
+from resources.lake.commit import (
+    Committed,
+    add_files,
+    commit_properties,
+    open_table,
+    table_uri,
+)
 from resources.lake.errors import LakeError, literal, quote
 from resources.lake.location import Location
 from resources.lake.spec import SYNCED_AT, VALID_FROM, VALID_TO, TableSpec
@@ -47,26 +55,31 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
     con = location.register(duckdb.connect())
     try:
         con.execute(f"SET temp_directory = {literal(str(spill))}")
-        con.execute("SET memory_limit = '256MB'")
+        con.execute("SET memory_limit = '128MB'")
+        con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
         at_sql = f"{literal(at.isoformat())}::TIMESTAMPTZ"
         empty_new = (f"(SELECT {', '.join(quote(f.name) for f in spec.full_schema)} "
                      f"FROM {_open_source(con, location, existing, history)} WHERE false)")
         new = new or empty_new
         if existing is None:
-            rows = con.execute(f"SELECT count(*) FROM {new}").fetchall()[0][0]
-            source = con.sql(
-                f"SELECT * EXCLUDE ({quote(SYNCED_AT)}), {at_sql} AS {quote(VALID_FROM)}, "
-                f"NULL::TIMESTAMPTZ AS {quote(VALID_TO)}, {quote(SYNCED_AT)} FROM {new}"
-            )
+            # the first history: every row opens a version; DuckDB writes the file itself
+            path = work_dir / f"history-{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
+            select = ", ".join(
+                f"{at_sql} AS {c}" if c == quote(VALID_FROM) else
+                f"NULL::TIMESTAMPTZ AS {c}" if c == quote(VALID_TO) else c for c in columns)
+            con.execute(f"COPY (SELECT {select} FROM {new}) TO {literal(str(path))} "
+                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)")
+            rows = pq.read_metadata(path).num_rows
             props = commit_properties(asset, run_id, at, rows)
             faults.point(f"before_commit:{history.name}")
-            write_deltalake(uri, _cast(source, history), mode="overwrite",
-                            schema_mode="overwrite", description=history.description,
-                            configuration=configuration,
-                            storage_options=location.storage_options, commit_properties=props)
+            try:
+                version = add_files(location, uri, [path], history, props, mode="overwrite",
+                                    existing=None, configuration=configuration)
+            finally:
+                path.unlink(missing_ok=True)
             faults.point(f"after_commit:{history.name}")
-            return Committed(history.name, open_table(location, uri).version(), rows, uri)
+            return Committed(history.name, version, rows, uri)
         open_rows = (f"(SELECT * FROM {_open_source(con, location, existing, history)} "
                      f"WHERE {quote(VALID_TO)} IS NULL)")
         keys = ", ".join(key)

@@ -1,9 +1,10 @@
 """A sync's rows, streamed to local Parquet files before the lake commits them.
 
-Rows arrive over minutes (a crawl of a million groups); they are written as they come, to files
-in the local state directory, so memory stays flat and nothing reaches the lake until the
-commit. At the commit the files are read back as one stream of Arrow batches (deduplicated on
-the table's key first, when the table asks for it) and handed to delta-rs.
+Rows arrive over minutes (a crawl of a million groups); they are written as they come, to
+zstd Parquet files in the local state directory, so memory stays flat and nothing reaches the
+lake until the commit. Those files are the table's data files: the commit moves (or uploads)
+them into the Delta table and names them in one log entry (see ``commit.py``), so a sync's rows
+are encoded once. A table with a key is deduplicated at close (the last row written wins).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from resources.lake.spec import SYNCED_AT, SYNCED_AT_TYPE, TableSpec
 # several times its Arrow size, so the dicts are kept few while a row group fills.
 _ROWS_AS_DICTS = 2_000
 BATCH_ROWS = 10_000
+ROWS_PER_FILE = 500_000
 # read_parquet globs every path; a one-character class matches the character literally
 _GLOB_CHARS = re.compile(r"([*?\[])")
 
@@ -68,6 +70,11 @@ def parquet_list(paths: Iterable[str | Path]) -> str:
     return "[" + ", ".join(escaped) + "]"
 
 
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    # the table's own data files: zstd, and statistics for every column (Delta's file skipping)
+    return pq.ParquetWriter(path, schema, compression="zstd")
+
+
 def remove_dead_leftovers(directory: Path) -> int:
     """Remove entries ``<name>-<pid>-<hex>[.part]`` whose process is gone; how many."""
     removed = 0
@@ -99,7 +106,7 @@ class StagedTable:
     """One table's rows for one sync, in local Parquet files until the lake commits them."""
 
     def __init__(self, spec: TableSpec, directory: Path, synced_at: datetime, *,
-                 batch_rows: int = BATCH_ROWS) -> None:
+                 batch_rows: int = BATCH_ROWS, rows_per_file: int = ROWS_PER_FILE) -> None:
         self.spec = spec
         self.synced_at = synced_at
         # the pid in the name lets a later sync remove what a killed process left
@@ -108,6 +115,9 @@ class StagedTable:
         self.rows_written = 0
         self.duplicates_dropped = 0
         self._batch_rows = batch_rows
+        self._rows_per_file = rows_per_file
+        self._rows_in_file = 0
+        self._prefix = "part"
         self._schema = spec.full_schema
         self._data_schema = pa.schema([f for f in self._schema if f.name != SYNCED_AT])
         self._allowed = frozenset(spec.schema.names)
@@ -261,14 +271,23 @@ class StagedTable:
             return
         synced_at = pa.repeat(self._synced_at, n)
         arrays = [synced_at if f.name == SYNCED_AT else data.column(f.name) for f in self._schema]
-        if self._parquet is None:
-            path = self.directory / f"part-{len(self.files):05d}.parquet"
-            # uncompressed: these files are read once, moments later, on the same disk
-            self._parquet = pq.ParquetWriter(path, self._schema, compression="none")
-            self.files.append(path)
-        self._parquet.write_table(pa.Table.from_arrays(arrays, schema=self._schema),
-                                  row_group_size=n)
-        self.rows_written += n
+        table = pa.Table.from_arrays(arrays, schema=self._schema)
+        offset = 0
+        while offset < n:
+            if self._parquet is None:
+                path = self.directory / f"{self._prefix}-{len(self.files):05d}.parquet"
+                self._parquet = _parquet_writer(path, self._schema)
+                self.files.append(path)
+                self._rows_in_file = 0
+            take = min(n - offset, self._rows_per_file - self._rows_in_file)
+            # one row group per call: `batch_rows` rows, however many batches they came in
+            self._parquet.write_table(table.slice(offset, take), row_group_size=take)
+            offset += take
+            self._rows_in_file += take
+            self.rows_written += take
+            if self._rows_in_file >= self._rows_per_file:
+                self._parquet.close()
+                self._parquet = None
 
     def _dedupe(self) -> None:
         """Keep one row per key (the last one written), out of core in DuckDB.
@@ -296,18 +315,18 @@ class StagedTable:
                 f"FROM read_parquet({files}, filename = true, file_row_number = true)) "
                 "WHERE rn__ = 1"
             ).to_arrow_reader(self._batch_rows)
-            path = self.directory / "deduplicated.parquet"
-            rows = 0
-            with pq.ParquetWriter(path, self._schema, compression="none") as out:
-                for batch in reader:
-                    out.write_table(pa.Table.from_batches([pa.RecordBatch.from_arrays(
-                        [batch.column(i).cast(f.type) for i, f in enumerate(self._schema)],
-                        schema=self._schema)]))
-                    rows += batch.num_rows
-            for old in self.files:
+            old_files, self.files = self.files, []
+            self._prefix = "dedup"  # new files beside the old ones, which DuckDB is reading
+            self.rows_written = 0
+            for batch in reader:
+                self._write(pa.Table.from_batches([pa.RecordBatch.from_arrays(
+                    [batch.column(i).cast(f.type) for i, f in enumerate(self._schema)],
+                    schema=self._schema)]).drop_columns([SYNCED_AT]))
+            if self._parquet is not None:
+                self._parquet.close()
+                self._parquet = None
+            for old in old_files:
                 os.unlink(old)
-            self.files = [path]
-            self.rows_written = rows
         finally:
             con.close()
             shutil.rmtree(self.directory / ".spill", ignore_errors=True)
