@@ -36,8 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-trials", type=int, default=12)
     parser.add_argument("--exit-runs", type=int, default=50)
     parser.add_argument("--small-syncs", type=int, default=500)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--lake", choices=["local", "s3"], default="local",
+                        help="where every scenario's lake lives: a local directory, or a bucket "
+                        "on an S3-compatible server started for the suite (SeaweedFS)")
+    parser.add_argument("--out", default=None,
+                        help="default: reliability/RESULTS.md (RESULTS-s3.md with --lake s3)")
     args = parser.parse_args(argv)
+    args.out = args.out or str(Path(__file__).with_name(
+        "RESULTS.md" if args.lake == "local" else "RESULTS-s3.md"))
+    if args.lake == "s3":
+        import os
+
+        from tests.s3_server import S3Server
+
+        scenarios.S3 = S3Server().start()
+        os.environ.update(scenarios.S3.env())
     warnings.filterwarnings("ignore")
     logging.getLogger("dagster").setLevel(logging.WARNING)
     only = {s for s in args.only.split(",") if s}
@@ -65,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                      disable_numparse=True)
     notes = [f"- {r.scenario}: {n}" for r in results for n in r.notes]
     total = time.monotonic() - started
-    text = (f"# Reliability suite results\n\n`python -m reliability` on {time.strftime('%Y-%m-%d')}"
+    text = (f"# Reliability suite results ({args.lake} lake)\n\n`python -m reliability "
+            f"--lake {args.lake}` on {time.strftime('%Y-%m-%d')}"
             f", {total / 60:.0f} min in all.\n\n{table}\n" + ("\nNotes:\n" + "\n".join(notes) + "\n"
                                                              if notes else ""))
     print("\n" + text)
     Path(args.out).write_text(text)
+    if scenarios.S3 is not None:
+        scenarios.S3.stop()
     return 0 if all(r.passed == r.trials for r in results) else 1
 
 

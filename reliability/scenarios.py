@@ -28,6 +28,40 @@ from tests.helpers import SimEnv, failure_text, start_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# `python -m reliability --lake s3`: an S3-compatible server (tests/s3_server.py) that every
+# scenario's lake lives in, a fresh bucket each; None: local lakes
+S3: Any = None
+
+
+def lake_uri() -> str | None:
+    """The lake root for a scenario: None (a local lake under its temp dir) or a new bucket."""
+    if S3 is None:
+        return None
+    import uuid
+
+    bucket = f"rel-{uuid.uuid4().hex[:16]}"
+    S3.create_bucket(bucket)
+    return f"s3://{bucket}/lake"
+
+
+def table_files(env: SimEnv) -> dict[str, tuple[int, int]]:
+    """Per Delta table of the env's lake (local or S3): (data files, _delta_log entries)."""
+    import pyarrow.fs as pafs
+
+    from resources.lake import Location
+
+    location = Location.parse(str(env.lake_root))
+    fs = location.filesystem
+    base = location.fs_path(location.join("posthog"))
+    out: dict[str, tuple[int, int]] = {}
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or info.base_name == "export_files":
+            continue
+        files = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+        data = sum(1 for f in files if f.path.endswith(".parquet") and "/_delta_log/" not in f.path)
+        log = sum(1 for f in files if "/_delta_log/" in f.path)
+        out[info.base_name] = (data, log)
+    return out
 
 # endpoint name -> (path regex, server) for scripted faults
 ENDPOINTS: dict[str, tuple[str | None, str]] = {
@@ -93,7 +127,8 @@ def fault_matrix(tmp: Path) -> Result:
                 continue
 
             def run(kind=kind, regex=regex, server=server) -> tuple[Counts, int]:
-                with start_sim(Path(tempfile.mkdtemp(dir=tmp)), groups_per_type=(250, 120),
+                with start_sim(Path(tempfile.mkdtemp(dir=tmp)), lake_uri=lake_uri(),
+                               groups_per_type=(250, 120),
                                n_exports=14, faults=FaultSpec(rate=0.0, slow_seconds=1.6)) as env:
                     env.sim.inject(kind, regex, times=2, server=server)
                     res = env.sync(raise_on_error=False, request_timeout=1.0)
@@ -124,7 +159,8 @@ def persistent_faults(tmp: Path) -> Result:
             regex, server = ENDPOINTS[name]
 
             def run(kind=kind, name=name, select=select, regex=regex, server=server):
-                with start_sim(Path(tempfile.mkdtemp(dir=tmp)), groups_per_type=(250, 120),
+                with start_sim(Path(tempfile.mkdtemp(dir=tmp)), lake_uri=lake_uri(),
+                               groups_per_type=(250, 120),
                                n_exports=14, faults=FaultSpec(rate=0.0, slow_seconds=1.6)) as env:
                     assert env.sync().success
                     before = _exact(env)
@@ -165,7 +201,8 @@ def random_faults(tmp: Path, *, runs: int = 20, groups: tuple[int, ...] = (30000
             d = Path(tempfile.mkdtemp(dir=tmp))
             try:
                 faults = FaultSpec(seed=seed, rate=rate, slow_seconds=0.3)
-                with start_sim(d, groups_per_type=groups, n_exports=exports, seed=seed,
+                with start_sim(d, lake_uri=lake_uri(), groups_per_type=groups, n_exports=exports,
+                               seed=seed,
                                faults=faults) as env:
                     res = env.sync(raise_on_error=False)
                     assert res.success, failure_text(res)[:600]
@@ -232,7 +269,8 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
     start = time.monotonic()
     rng = random.Random(seed)
     d = Path(tempfile.mkdtemp(dir=tmp))
-    with start_sim(d, groups_per_type=(20000, 8000, 2000), n_exports=60, seed=seed) as env:
+    with start_sim(d, lake_uri=lake_uri(), groups_per_type=(20000, 8000, 2000), n_exports=60,
+                   seed=seed) as env:
         environ = cli_env(env, d / "dagster_home")
         log = d / "sync.log"
         assert run_cli_sync(environ, log) == 0, log.read_text()[-3000:]
@@ -251,8 +289,7 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
                             "source": {"kind": "HogQLQuery", "query": f"select {n}"}})
                 env.sim.clear_log()
                 table = rng.choice(["groups", "exports", "export_contents"])
-                log_dir = env.lake_root / "posthog" / table / "_delta_log"
-                before = len(list(log_dir.glob("*.json")))
+                before = table_files(env).get(table, (0, 0))[1]
                 pages = rng.randint(5, 250)
                 downloads = rng.randint(1, 20)
 
@@ -263,7 +300,7 @@ def crashes(tmp: Path, *, trials: int = 12, seed: int = 1) -> Result:
                                    and r.status == 200) >= pages
                     if moment == "downloads":
                         return sum(1 for r in log_ if r.server == "storage") >= downloads
-                    return len(list(log_dir.glob("*.json"))) != before  # a commit landed
+                    return table_files(env).get(table, (0, 0))[1] != before  # a commit landed
 
                 proc = start_cli_sync(environ, log)
                 deadline = time.monotonic() + 300
@@ -296,7 +333,7 @@ def concurrency(tmp: Path) -> Result:
     result = Result("concurrent syncs + readers")
     start = time.monotonic()
     d = Path(tempfile.mkdtemp(dir=tmp))
-    with start_sim(d, groups_per_type=(20000, 6000), n_exports=40) as env:
+    with start_sim(d, lake_uri=lake_uri(), groups_per_type=(20000, 6000), n_exports=40) as env:
         environ = cli_env(env, d / "dagster_home")
 
         def two_syncs() -> tuple[Counts, int]:
@@ -376,7 +413,7 @@ def exit_codes(tmp: Path, *, runs: int = 50) -> Result:
     start = time.monotonic()
     d = Path(tempfile.mkdtemp(dir=tmp))
     codes: Counter[int] = Counter()
-    with start_sim(d, groups_per_type=(300, 80), n_exports=6) as env:
+    with start_sim(d, lake_uri=lake_uri(), groups_per_type=(300, 80), n_exports=6) as env:
         environ = cli_env(env, d / "dagster_home")
         log = d / "sync.log"
         for n in range(runs):
@@ -399,7 +436,7 @@ def file_counts(tmp: Path, *, syncs: int = 500) -> Result:
     result = Result(f"{syncs} consecutive small syncs: files per table bounded")
     start = time.monotonic()
     d = Path(tempfile.mkdtemp(dir=tmp))
-    with start_sim(d, groups_per_type=(40, 10), n_exports=3) as env:
+    with start_sim(d, lake_uri=lake_uri(), groups_per_type=(40, 10), n_exports=3) as env:
         peaks: dict[str, int] = {}
         for n in range(syncs):
             ds = env.sim.dataset
@@ -411,19 +448,16 @@ def file_counts(tmp: Path, *, syncs: int = 500) -> Result:
             def run(n=n) -> tuple[Counts, int]:
                 sync = _small_sync(env)
                 assert sync.success, failure_text(sync)[:1500]
-                for table in (env.lake_root / "posthog").iterdir():
-                    if (table / "_delta_log").is_dir():
-                        files = len(list(table.glob("*.parquet")))
-                        peaks[table.name] = max(peaks.get(table.name, 0), files)
+                for name, (files, _log) in table_files(env).items():
+                    peaks[name] = max(peaks.get(name, 0), files)
                 counts = Counts()
                 if n % 50 == 49 or n == syncs - 1:
                     counts = verify_exact(env.sim, env.lake_root, env.database)
                 return counts, 0
             _trial(result, run, f"sync {n + 1}")
-        last = {t.name: len(list(t.glob("*.parquet")))
-                for t in (env.lake_root / "posthog").iterdir() if (t / "_delta_log").is_dir()}
-        logs = {t.name: len(list((t / "_delta_log").glob("*")))
-                for t in (env.lake_root / "posthog").iterdir() if (t / "_delta_log").is_dir()}
+        counted = table_files(env)
+        last = {name: data for name, (data, _log) in counted.items()}
+        logs = {name: log for name, (_data, log) in counted.items()}
     result.notes.append("data files per table at the end (peak): " + ", ".join(
         f"{name} {last[name]} ({peaks.get(name, 0)})" for name in sorted(last)))
     result.notes.append("_delta_log entries per table at the end: " + ", ".join(

@@ -50,9 +50,12 @@ class Maintenance:
                 result = table.optimize.compact()
                 done["compacted_files"] = int(result.get("numFilesRemoved", 0))
             hours = max(0, int(self.retention.total_seconds() // 3600))
-            removed = table.vacuum(retention_hours=hours, dry_run=False,
-                                   enforce_retention_duration=False)
-            done["vacuumed_files"] = len(removed)
+            # a vacuum is two commits (start, end): only when it has something to remove
+            if table.vacuum(retention_hours=hours, dry_run=True,
+                            enforce_retention_duration=False):
+                removed = table.vacuum(retention_hours=hours, dry_run=False,
+                                       enforce_retention_duration=False)
+                done["vacuumed_files"] = len(removed)
             table.cleanup_metadata()
         except Exception:
             logger.exception("maintenance of %s failed; the next sync tries again",
