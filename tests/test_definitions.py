@@ -162,3 +162,28 @@ def test_demo_records_its_run_where_the_ui_reads_it(tmp_path):
     assert f"DAGSTER_HOME={home}" in out.stdout
     with sqlite3.connect(home / "history" / "runs.db") as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("SUCCESS",)]
+
+
+def test_materialize_with_no_configuration_fails_once_naming_every_variable(tmp_path):
+    """The contract command with POSTHOG_HOST, POSTHOG_PROJECT_ID and POSTHOG_PERSONAL_API_KEY
+    all unset: one short failure before any step runs, naming all three, no stack trace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
+    env.update(LAKE_ROOT=str(tmp_path / "lake"), DUCKDB_DATABASE=str(tmp_path / "wh.duckdb"),
+               DAGSTER_HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
+         "--select", "*"],
+        capture_output=True, text=True, env=env, timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    for name in ("POSTHOG_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY"):
+        assert name in text
+    assert "Stack Trace" not in text and "Traceback" not in text
+    assert text.count("STEP_FAILURE") == 1 and "STEP_START" not in text
+    assert len(text.splitlines()) <= 25, text
+    # nothing ran, so nothing was written
+    assert not (tmp_path / "lake").exists()
