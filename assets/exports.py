@@ -20,7 +20,9 @@ from assets.tables import (
     EXPORT_CONTENTS,
     EXPORT_ROWS,
     EXPORTS,
+    REQUESTED_EXPORTS_SCHEMA,
     export_row,
+    table_metadata,
     to_json,
 )
 from assets.tabular import TABULAR_FORMATS, iter_json_rows
@@ -79,7 +81,8 @@ class ContentsConfig(SyncConfig):
 EXPORTS_FIRST = {"dagster/priority": "1"}
 
 
-@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST)
+@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST,
+          metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA})
 def posthog_requested_exports(
     context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
 ) -> dg.MaterializeResult:
@@ -123,7 +126,7 @@ def posthog_requested_exports(
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports],
-          op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.exports"})
+          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORTS))
 def posthog_exports(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -194,7 +197,7 @@ def _state(export: dict[str, Any]) -> tuple[str, str | None]:
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
-          op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.export_contents"})
+          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORT_CONTENTS))
 def posthog_export_contents(
     context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
     lake: LakeResource,

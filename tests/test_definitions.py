@@ -187,3 +187,24 @@ def test_materialize_with_no_configuration_fails_once_naming_every_variable(tmp_
     assert len(text.splitlines()) <= 25, text
     # nothing ran, so nothing was written
     assert not (tmp_path / "lake").exists()
+
+
+def test_every_asset_shows_its_described_columns_before_any_run():
+    """`dagster/column_schema` on every asset definition: the catalog lists the columns (with
+    DuckDB types and descriptions) of the table the asset lands, without a run."""
+    from assets.tables import ALL_TABLES
+
+    tables = {f"posthog.{t.name}": t for t in ALL_TABLES}
+    for asset in defs.assets:
+        spec = next(iter(asset.specs))
+        schema = spec.metadata["dagster/column_schema"]
+        assert isinstance(schema, dg.TableSchema), spec.key
+        assert all(c.description for c in schema.columns), spec.key
+        table = spec.metadata.get("dagster/table_name")
+        if table is not None:
+            assert [c.name for c in schema.columns] == tables[table].full_schema.names
+    groups = next(a for a in defs.assets if a.key.to_user_string() == "posthog_groups")
+    columns = {c.name: c for c in next(iter(groups.specs)).metadata["dagster/column_schema"].columns}
+    assert columns["group_properties"].type == "JSON"
+    assert columns["created_at"].type == "TIMESTAMPTZ"
+    assert columns["group_key"].constraints.nullable is False
