@@ -401,7 +401,8 @@ def test_asset_pages_show_the_runs_metadata(page, dagster_ui):
     # the export archive: state counts and a rendered Markdown preview of its rows
     page.goto("/assets/posthog_export_contents")
     page.get_by_text("Metadata", exact=True).first.wait_for()
-    for key in ("archive_state", "preview", "requests", "bytes_downloaded"):
+    for key in ("archive_state", "preview", "requests", "content_bytes_downloaded",
+                "rows_by_table"):
         page.get_by_role("cell", name=key, exact=True).first.wait_for(state="attached")
     text = page.locator("body").inner_text()
     assert "archived" in text
