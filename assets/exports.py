@@ -4,7 +4,7 @@
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any, BinaryIO
 
@@ -196,8 +196,21 @@ def _state(export: dict[str, Any]) -> tuple[str, str | None]:
     return "available", None
 
 
+# The archive is late when it has not run for a while: every run archives every export with
+# content, so an export created more than ARCHIVE_FAIL_WINDOW ago may still be unarchived. The
+# hourly schedule keeps it well inside; the UI marks it WARN after 2 h and FAIL after 6 h.
+ARCHIVE_WARN_WINDOW = timedelta(hours=2)
+ARCHIVE_FAIL_WINDOW = timedelta(hours=6)
+
+
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
-          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORT_CONTENTS))
+          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORT_CONTENTS),
+          freshness_policy=dg.FreshnessPolicy.time_window(
+              warn_window=ARCHIVE_WARN_WINDOW, fail_window=ARCHIVE_FAIL_WINDOW),
+          # new export metadata, however it landed (a manual run of posthog_exports, the
+          # requested-exports job), is archived at once rather than at the next hourly tick;
+          # acted on by posthog_automation_sensor (pipelines/sensors.py), off until switched on
+          automation_condition=dg.AutomationCondition.eager())
 def posthog_export_contents(
     context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
     lake: LakeResource,

@@ -208,3 +208,25 @@ def test_every_asset_shows_its_described_columns_before_any_run():
     assert columns["group_properties"].type == "JSON"
     assert columns["created_at"].type == "TIMESTAMPTZ"
     assert columns["group_key"].constraints.nullable is False
+
+
+def test_export_archive_follows_new_export_metadata_and_is_late_after_six_hours():
+    key = dg.AssetKey("posthog_export_contents")
+    policy = defs.resolve_asset_graph().get(key).freshness_policy
+    assert isinstance(policy, dg.FreshnessPolicy)
+    assert policy.fail_window.to_timedelta() == timedelta(hours=6)
+    assert policy.warn_window.to_timedelta() == timedelta(hours=2)
+    automation = defs.resolve_sensor_def("posthog_automation_sensor")
+    assert automation.default_status == dg.DefaultSensorStatus.STOPPED
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert result.total_requested == 0  # no export metadata yet: nothing to archive
+    instance.report_runless_asset_event(dg.AssetMaterialization("posthog_exports"))
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                               cursor=result.cursor)
+    assert result.total_requested == 1 and result.get_num_requested(key) == 1
+    instance.report_runless_asset_event(dg.AssetMaterialization("posthog_export_contents"))
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                               cursor=result.cursor)
+    assert result.total_requested == 0  # archived since: nothing new
