@@ -176,7 +176,7 @@ def _probe_all(client, host: str) -> Iterator[Result]:
 def _writable(name: str, target: str, env_var: str, test: Callable[[str], None]) -> Result:
     try:
         test(target)
-    except Exception as exc:  # any failure to write is the answer, whatever raised it
+    except Exception as exc:  # noqa: BLE001 - any failure to write is the answer
         return Result("FAIL", name, f"{env_var}={target} is not writable: {exc}")
     return Result("ok", name, f"{env_var}={target} writable")
 

@@ -42,7 +42,7 @@ def posthog_config_problems(
     fields.update(overrides or {})
     try:
         resolved = PostHogResource(**fields)
-    except Exception as exc:  # a value of the wrong type: pydantic names the field
+    except (ValueError, TypeError) as exc:  # a value of the wrong type: pydantic names it
         return [f"PostHog resource configuration: {exc}"]
     problems = resolved.config_problems()
     raw_host = resource.__dict__.get("host", _DEFAULT_HOST)

@@ -445,7 +445,7 @@ def test_asset_pages_show_columns_and_the_archive_freshness(page, dagster_ui):
             time.sleep(2)
             node = dagster_ui.graphql(query, key)["assetNodeOrError"]
     page.goto("/assets/posthog_export_contents")
-    page.get_by_text(re.compile(r"Freshness", re.I)).first.wait_for()
+    page.get_by_text(re.compile(r"Freshness", re.IGNORECASE)).first.wait_for()
 
 
 def test_schedule_switched_on_and_its_tick_runs_a_sync(page, dagster_ui):
