@@ -1,5 +1,5 @@
 """The run executor: in-process by default, multiprocess on request, and a preflight that
-checks the PostHog configuration once, before any step starts.
+checks the configuration (PostHog settings, LAKE_ROOT) once, before any step starts.
 
 Without the preflight every step that needs PostHog fails on its own (three root steps, three
 stack traces, and only the first bad variable named). With it, a run whose configuration is
@@ -16,9 +16,12 @@ from dagster._core.events import DagsterEvent
 from dagster._core.execution.plan.objects import StepFailureData, UserFailureData
 from dagster._utils.error import SerializableErrorInfo
 
+from resources.lake import LakeError, LakeResource
+from resources.lake.location import Location
 from resources.posthog import PostHogResource
 
 POSTHOG_RESOURCE_KEY = "posthog"
+LAKE_RESOURCE_KEY = "lake"
 _DEFAULT_HOST = "https://us.posthog.com"
 
 
@@ -54,9 +57,23 @@ def posthog_config_problems(
     return problems
 
 
+def lake_config_problems(
+    lake: LakeResource, overrides: Mapping[str, Any] | None = None
+) -> list[str]:
+    """What is wrong with LAKE_ROOT as a run would resolve it ([] when it names a lake)."""
+    root = (overrides or {}).get("lake_root", _resolved(lake.__dict__.get("lake_root", "")))
+    try:
+        Location.parse(str(root or ""))
+    except LakeError as exc:
+        return [str(exc)]
+    return []
+
+
 def preflight_message(problems: list[str]) -> str:
+    # the note on the default host is not a problem: counted out, and said last
+    problems = sorted(problems, key=lambda p: p.startswith("POSTHOG_HOST is not set:"))
     errors = [p for p in problems if not p.startswith("POSTHOG_HOST is not set:")]
-    head = (f"PostHog configuration: {len(errors)} problem{'s' if len(errors) != 1 else ''} "
+    head = (f"Configuration: {len(errors)} problem{'s' if len(errors) != 1 else ''} "
             "(nothing was run; `posthog-pipeline check` verifies the fix in seconds):")
     return "\n".join([head, *(f"- {p}" for p in problems)])
 
@@ -79,13 +96,13 @@ class _PreflightExecutor(dg.Executor):
 
     def execute(self, plan_context, execution_plan) -> Iterator[DagsterEvent]:
         job_def = plan_context.job.get_definition()
-        needs_posthog = [
+        needs_config = [
             step for step in execution_plan.get_steps_to_execute_in_topo_order()
-            if POSTHOG_RESOURCE_KEY
-            in job_def.get_node(step.node_handle).definition.required_resource_keys
+            if {POSTHOG_RESOURCE_KEY, LAKE_RESOURCE_KEY}
+            & job_def.get_node(step.node_handle).definition.required_resource_keys
         ]
         # the step the executor would start first: highest dagster/priority, then plan order
-        first = min(needs_posthog, default=None,
+        first = min(needs_config, default=None,
                     key=lambda step: -int(step.tags.get("dagster/priority", 0) or 0))
         problems = self._check(plan_context) if first is not None else []
         if not problems:
@@ -103,15 +120,24 @@ class _PreflightExecutor(dg.Executor):
         )
 
 
-def posthog_executor(posthog: PostHogResource | None) -> dg.ExecutorDefinition:
-    """In-process (default) or multiprocess steps, behind a preflight of `posthog`'s settings."""
+def posthog_executor(
+    posthog: PostHogResource | None, lake: LakeResource | None = None
+) -> dg.ExecutorDefinition:
+    """In-process (default) or multiprocess steps, behind a preflight of the resources'
+    settings."""
 
     def check(plan_context) -> list[str]:
-        if posthog is None:
-            return []
         run_resources = (plan_context.run_config or {}).get("resources") or {}
-        overrides = (run_resources.get(POSTHOG_RESOURCE_KEY) or {}).get("config") or {}
-        return posthog_config_problems(posthog, overrides)
+
+        def overrides(key: str) -> Mapping[str, Any]:
+            return (run_resources.get(key) or {}).get("config") or {}
+
+        problems = []
+        if lake is not None:
+            problems += lake_config_problems(lake, overrides(LAKE_RESOURCE_KEY))
+        if posthog is not None:
+            problems = posthog_config_problems(posthog, overrides(POSTHOG_RESOURCE_KEY)) + problems
+        return problems
 
     def create(init_context) -> dg.Executor:
         inner = dg.multi_or_in_process_executor.executor_creation_fn(init_context)

@@ -90,7 +90,7 @@ def posthog_definitions(
         assets=ASSETS,
         asset_checks=ASSET_CHECKS,
         jobs=ALL_JOBS,
-        executor=posthog_executor(posthog) if include_executor else None,
+        executor=posthog_executor(posthog, lake) if include_executor else None,
         schedules=ALL_SCHEDULES,
         sensors=ALL_SENSORS,
         resources={"posthog": posthog, "lake": lake},

@@ -164,12 +164,14 @@ def test_demo_records_its_run_where_the_ui_reads_it(tmp_path):
         assert db.execute("SELECT status FROM runs").fetchall() == [("SUCCESS",)]
 
 
-def test_materialize_with_no_configuration_fails_once_naming_every_variable(tmp_path):
+@pytest.mark.parametrize("bad_lake", [False, True])
+def test_materialize_with_no_configuration_fails_once_naming_every_variable(tmp_path, bad_lake):
     """The contract command with POSTHOG_HOST, POSTHOG_PROJECT_ID and POSTHOG_PERSONAL_API_KEY
-    all unset: one short failure before any step runs, naming all three, no stack trace."""
+    all unset (and LAKE_ROOT malformed too): one short failure before any step runs, naming
+    every variable, no stack trace."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
-    env.update(LAKE_ROOT=str(tmp_path / "lake"), DUCKDB_DATABASE=str(tmp_path / "wh.duckdb"),
-               DAGSTER_HOME=str(tmp_path / "home"))
+    env.update(LAKE_ROOT="ftp://bucket/lake" if bad_lake else str(tmp_path / "lake"),
+               DUCKDB_DATABASE=str(tmp_path / "wh.duckdb"), DAGSTER_HOME=str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     out = subprocess.run(
@@ -180,8 +182,10 @@ def test_materialize_with_no_configuration_fails_once_naming_every_variable(tmp_
     )
     text = out.stdout + out.stderr
     assert out.returncode != 0
-    for name in ("POSTHOG_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY"):
+    for name in ("POSTHOG_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY",
+                 *(["LAKE_ROOT"] if bad_lake else [])):
         assert name in text
+    assert f"Configuration: {3 if bad_lake else 2} problems" in text
     assert "Stack Trace" not in text and "Traceback" not in text
     assert text.count("STEP_FAILURE") == 1 and "STEP_START" not in text
     assert len(text.splitlines()) <= 25, text
