@@ -206,7 +206,12 @@ def test_demo_stops_its_sync_on_sigterm(tmp_path):
         while "Running:" not in out_file.read_text():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(3)
+        # the sync's run has started (a fixed sleep was not enough on a loaded machine: the
+        # signal came before Dagster had recorded any run)
+        runs_db = tmp_path / "dagster_home" / "history" / "runs.db"
+        while not _run_started(runs_db):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
         assert any(pid != proc.pid for pid in marked())  # the sync is running
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=45)
@@ -221,6 +226,18 @@ def test_demo_stops_its_sync_on_sigterm(tmp_path):
     assert marked() == []
     with sqlite3.connect(tmp_path / "dagster_home" / "history" / "runs.db") as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("FAILURE",)]
+
+
+def _run_started(runs_db: Path) -> bool:
+    import sqlite3
+
+    if not runs_db.exists():
+        return False
+    try:
+        with sqlite3.connect(runs_db, timeout=1) as db:
+            return ("STARTED",) in db.execute("SELECT status FROM runs").fetchall()
+    except sqlite3.Error:  # created but not set up yet, or busy
+        return False
 
 
 def _check(env: dict[str, str]) -> tuple[int, list[str], float]:
