@@ -82,7 +82,7 @@ class _PreflightExecutor(dg.Executor):
     """Runs `check` once before handing the plan to `inner`; on problems, fails the first step
     that needs PostHog with one short message and runs nothing."""
 
-    def __init__(self, inner: dg.Executor, check: Callable[[Any], list[str]]):
+    def __init__(self, inner: dg.Executor, check: Callable[[Any, set[str]], list[str]]):
         self._inner = inner
         self._check = check
 
@@ -96,15 +96,18 @@ class _PreflightExecutor(dg.Executor):
 
     def execute(self, plan_context, execution_plan) -> Iterator[DagsterEvent]:
         job_def = plan_context.job.get_definition()
-        needs_config = [
-            step for step in execution_plan.get_steps_to_execute_in_topo_order()
-            if {POSTHOG_RESOURCE_KEY, LAKE_RESOURCE_KEY}
-            & job_def.get_node(step.node_handle).definition.required_resource_keys
+        checked = {POSTHOG_RESOURCE_KEY, LAKE_RESOURCE_KEY}
+        needs = [
+            (step, keys) for step in execution_plan.get_steps_to_execute_in_topo_order()
+            if (keys := checked
+                & job_def.get_node(step.node_handle).definition.required_resource_keys)
         ]
         # the step the executor would start first: highest dagster/priority, then plan order
-        first = min(needs_config, default=None,
+        first = min((step for step, _ in needs), default=None,
                     key=lambda step: -int(step.tags.get("dagster/priority", 0) or 0))
-        problems = self._check(plan_context) if first is not None else []
+        # only what this run's steps use: a run of lake-only checks needs no PostHog key
+        used = set().union(*(keys for _, keys in needs))
+        problems = self._check(plan_context, used) if first is not None else []
         if not problems:
             yield from self._inner.execute(plan_context, execution_plan)
             return
@@ -126,16 +129,16 @@ def posthog_executor(
     """In-process (default) or multiprocess steps, behind a preflight of the resources'
     settings."""
 
-    def check(plan_context) -> list[str]:
+    def check(plan_context, used: set[str]) -> list[str]:
         run_resources = (plan_context.run_config or {}).get("resources") or {}
 
         def overrides(key: str) -> Mapping[str, Any]:
             return (run_resources.get(key) or {}).get("config") or {}
 
         problems = []
-        if lake is not None:
+        if lake is not None and LAKE_RESOURCE_KEY in used:
             problems += lake_config_problems(lake, overrides(LAKE_RESOURCE_KEY))
-        if posthog is not None:
+        if posthog is not None and POSTHOG_RESOURCE_KEY in used:
             problems = posthog_config_problems(posthog, overrides(POSTHOG_RESOURCE_KEY)) + problems
         return problems
 

@@ -235,3 +235,36 @@ def test_export_archive_follows_new_export_metadata_and_is_late_after_six_hours(
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance,
                                                cursor=result.cursor)
     assert result.total_requested == 0  # archived since: nothing new
+
+
+def _preflight_job(name: str):
+    import os as _os
+
+    from tests._preflight_jobs import definitions
+
+    return definitions(_os.environ["PREFLIGHT_LAKE_ROOT"]).resolve_job_def(name)
+
+
+def checks_only_job():
+    return _preflight_job("checks_only")
+
+
+def groups_only_job():
+    return _preflight_job("groups_only")
+
+
+@pytest.mark.parametrize(("job", "passes"), [(checks_only_job, True), (groups_only_job, False)])
+def test_preflight_checks_only_what_the_runs_steps_use(tmp_path, monkeypatch, job, passes):
+    """No key configured: a run of lake-only asset checks is not failed for it; a run with a
+    PostHog step is, before the step starts."""
+    monkeypatch.setenv("PREFLIGHT_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("DUCKDB_DATABASE", str(tmp_path / "wh.duckdb"))
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.execute_job(dg.reconstructable(job), instance=instance)
+        failures = [e for e in result.all_events if e.is_step_failure]
+    if passes:
+        assert not [f for f in failures if "POSTHOG_" in str(f.event_specific_data.error)]
+    else:
+        [failure] = failures
+        assert "POSTHOG_PERSONAL_API_KEY" in failure.event_specific_data.error.message
+        assert not [e for e in result.all_events if e.is_step_start]
