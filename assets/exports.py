@@ -4,7 +4,7 @@
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any, BinaryIO
 
@@ -20,7 +20,9 @@ from assets.tables import (
     EXPORT_CONTENTS,
     EXPORT_ROWS,
     EXPORTS,
+    REQUESTED_EXPORTS_SCHEMA,
     export_row,
+    table_metadata,
     to_json,
 )
 from assets.tabular import TABULAR_FORMATS, iter_json_rows
@@ -79,7 +81,8 @@ class ContentsConfig(SyncConfig):
 EXPORTS_FIRST = {"dagster/priority": "1"}
 
 
-@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST)
+@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST,
+          metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA})
 def posthog_requested_exports(
     context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
 ) -> dg.MaterializeResult:
@@ -123,7 +126,7 @@ def posthog_requested_exports(
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports],
-          op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.exports"})
+          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORTS))
 def posthog_exports(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -193,8 +196,21 @@ def _state(export: dict[str, Any]) -> tuple[str, str | None]:
     return "available", None
 
 
+# The archive is late when it has not run for a while: every run archives every export with
+# content, so an export created more than ARCHIVE_FAIL_WINDOW ago may still be unarchived. The
+# hourly schedule keeps it well inside; the UI marks it WARN after 2 h and FAIL after 6 h.
+ARCHIVE_WARN_WINDOW = timedelta(hours=2)
+ARCHIVE_FAIL_WINDOW = timedelta(hours=6)
+
+
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
-          op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.export_contents"})
+          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORT_CONTENTS),
+          freshness_policy=dg.FreshnessPolicy.time_window(
+              warn_window=ARCHIVE_WARN_WINDOW, fail_window=ARCHIVE_FAIL_WINDOW),
+          # new export metadata, however it landed (a manual run of posthog_exports, the
+          # requested-exports job), is archived at once rather than at the next hourly tick;
+          # acted on by posthog_automation_sensor (pipelines/sensors.py), off until switched on
+          automation_condition=dg.AutomationCondition.eager())
 def posthog_export_contents(
     context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
     lake: LakeResource,

@@ -19,6 +19,7 @@ from assets.tables import (
     group_type_row,
     property_definition_row,
     property_value_row,
+    table_metadata,
 )
 from resources.lake import LakeResource
 from resources.posthog import PostHogResource
@@ -64,7 +65,7 @@ def _group_types(context: dg.AssetExecutionContext, store, client) -> dict[int, 
 
 
 @dg.asset(group_name="posthog", kinds=KINDS,
-          metadata={"dagster/table_name": "posthog.group_types"})
+          metadata=table_metadata(GROUP_TYPES))
 def posthog_group_types(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -81,7 +82,7 @@ def posthog_group_types(
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
-          metadata={"dagster/table_name": "posthog.groups"})
+          metadata=table_metadata(GROUPS))
 def posthog_groups(
     context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -148,7 +149,7 @@ def _write_gathered(writer, gathered: GroupColumns, preview: list[dict]) -> None
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
-          metadata={"dagster/table_name": "posthog.group_property_definitions"})
+          metadata=table_metadata(GROUP_PROPERTY_DEFINITIONS))
 def posthog_group_property_definitions(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -191,7 +192,7 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
 
 
 @dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_property_definitions],
-          metadata={"dagster/table_name": "posthog.group_property_values"})
+          metadata=table_metadata(GROUP_PROPERTY_VALUES))
 def posthog_group_property_values(
     context: dg.AssetExecutionContext, config: PropertyValuesConfig, posthog: PostHogResource,
     lake: LakeResource,

@@ -9,14 +9,14 @@ from pydantic import Field
 from assets._streams import asset_sync
 from assets.groups import KINDS, SyncConfig
 from assets.metadata import sync_metadata
-from assets.tables import EXPLICIT_MEMBERS, explicit_member_row
+from assets.tables import EXPLICIT_MEMBERS, explicit_member_row, table_metadata
 from resources.errors import PostHogEndpointMissingError
 from resources.lake import LakeResource
 from resources.posthog import PostHogResource
 
 
 @dg.asset(group_name="posthog", kinds=KINDS,
-          metadata={"dagster/table_name": "posthog.explicit_members"})
+          metadata=table_metadata(EXPLICIT_MEMBERS))
 def posthog_explicit_members(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,

@@ -1,4 +1,10 @@
-"""What every materialization reports: rows, requests, retries, 429s, bytes, a preview, links."""
+"""What every materialization reports: rows, requests, retries, 429s, bytes, a preview, links.
+
+Every name means the same on every asset: `rows` (= `dagster/row_count`) is always the number
+of rows in the asset's main table after the sync (0 for an asset that lands no table);
+`rows_by_table` (JSON) is there when the asset commits several tables; `content_bytes_downloaded`
+counts export content bytes (0 on assets that fetch none, however many JSON pages they read).
+"""
 
 from __future__ import annotations
 
@@ -43,18 +49,18 @@ def sync_metadata(
     first = published[0] if published else None
     meta: dict[str, Any] = {
         "dagster/row_count": first.rows if first else 0,
-        "rows": {t.name: t.rows for t in published} if len(published) > 1 else (first.rows if first else 0),
+        "rows": first.rows if first else 0,
         "pages": stats.pages,
         "requests": stats.requests,
         "retries": stats.retries,
         "throttled_429s": stats.throttled,
-        "bytes_downloaded": stats.bytes_downloaded,
+        "content_bytes_downloaded": stats.bytes_downloaded,
         "seconds_waiting_for_rate_budget": round(stats.waited_for_budget_s, 2),
         "snapshot_id": first.snapshot_id if first else "",
         "preview": dg.MetadataValue.md(markdown_preview(preview)),
     }
-    if isinstance(meta["rows"], dict):
-        meta["rows"] = dg.MetadataValue.json(meta["rows"])
+    if len(published) > 1:
+        meta["rows_by_table"] = dg.MetadataValue.json({t.name: t.rows for t in published})
     # where each Delta table just committed lives: `dagster/uri` for the asset's main table,
     # `delta/<table>` for every table it commits, with the version (for time travel)
     for i, table in enumerate(published):

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -492,3 +493,159 @@ ALL_TABLES = (
     EXPORT_ARCHIVE,
     EXPLICIT_MEMBERS,
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# column descriptions: what the Dagster catalog shows for each table (`dagster/column_schema`);
+# kept here, beside the row functions that fill the columns, not in the lake's TableSpec
+
+_EXTRA = "Every other field the API returned for the row (JSON), so new PostHog fields are kept."
+_SYNCED_AT = "When the sync that wrote this row ran (UTC)."
+_GROUP_TYPE_INDEX = "Group type index (0-4), as PostHog numbers group types."
+_GROUP_TYPE = "Group type name, e.g. 'company' (from posthog.group_types)."
+
+COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "group_types": {
+        "group_type_index": _GROUP_TYPE_INDEX,
+        "group_type": "Group type name, e.g. 'company'.",
+        "name_singular": "Display name, singular (NULL when not set in PostHog).",
+        "name_plural": "Display name, plural (NULL when not set in PostHog).",
+        "detail_dashboard": "Id of the group type's detail dashboard, if any.",
+        "default_columns": "Columns PostHog shows for this type in its groups list (JSON).",
+        "created_at": "When the group type was created (UTC).",
+        "extra": _EXTRA,
+        "synced_at": _SYNCED_AT,
+    },
+    "groups": {
+        "group_type_index": _GROUP_TYPE_INDEX,
+        "group_type": _GROUP_TYPE,
+        "group_key": "The group's key (unique within its type), as sent with $groupidentify.",
+        "group_properties": "The group's properties (JSON object), as PostHog returned them.",
+        "created_at": "When PostHog first saw the group (UTC).",
+        "extra": _EXTRA,
+        "synced_at": _SYNCED_AT,
+    },
+    "group_property_definitions": {
+        "group_type_index": _GROUP_TYPE_INDEX,
+        "group_type": _GROUP_TYPE,
+        "name": "Property name.",
+        "property_type": "PostHog's type for the property: String, Numeric, DateTime, Boolean.",
+        "is_numerical": "Whether PostHog treats the property as numeric.",
+        "id": "PostHog's id of the definition (NULL on the legacy endpoint).",
+        "extra": _EXTRA,
+        "synced_at": _SYNCED_AT,
+    },
+    "group_property_values": {
+        "group_type_index": _GROUP_TYPE_INDEX,
+        "group_type": _GROUP_TYPE,
+        "key": "Property key the values belong to.",
+        "value": "A value of the property, as text exactly as the API returns it.",
+        "count": "How many groups of the type have this value.",
+        "extra": _EXTRA,
+        "synced_at": _SYNCED_AT,
+    },
+    "exports": {
+        "id": "Export id.",
+        "dashboard": "Id of the exported dashboard (NULL for an insight or query export).",
+        "insight": "Id of the exported insight (NULL for a dashboard or query export).",
+        "export_format": "MIME type: text/csv, image/png, application/pdf, xlsx, video, ...",
+        "created_at": "When the export was created (UTC).",
+        "has_content": "Whether PostHog has rendered the content (it can be downloaded).",
+        "export_context": "What was exported and how: path, query source, columns (JSON).",
+        "filename": "The file name PostHog gives the content.",
+        "expires_after": "When PostHog deletes the content (UTC); archive it before then.",
+        "exception": "Why rendering failed (NULL when it did not).",
+        "user_access_level": "The key owner's access level to the export.",
+        "extra": _EXTRA,
+        "first_seen_at": "When a sync first listed the export (UTC).",
+        "last_seen_at": "When a sync last listed the export (UTC).",
+        "listed": "False once PostHog no longer lists the export (expired); the row stays.",
+        "synced_at": _SYNCED_AT,
+    },
+    "export_contents": {
+        "export_id": "Export id (posthog.exports.id).",
+        "sha256": "SHA-256 of the archived bytes, byte for byte what PostHog served.",
+        "size_bytes": "Size of the archived content in bytes.",
+        "content_type": "Content-Type PostHog served the content with.",
+        "export_format": "The export's MIME type (posthog.exports.export_format).",
+        "stored_path": "Where the bytes are, relative to LAKE_ROOT (content-addressed).",
+        "fetched_at": "When the content was downloaded (UTC).",
+        "synced_at": _SYNCED_AT,
+    },
+    "export_rows": {
+        "export_id": "Export id (posthog.exports.id).",
+        "row_number": "Row number in the file, from 1 (the header is not a row).",
+        "row": "The row as a JSON object: column name -> cell text, header order kept.",
+        "synced_at": _SYNCED_AT,
+    },
+    "export_archive": {
+        "export_id": "Export id (posthog.exports.id).",
+        "state": "archived, pending, failed or expired.",
+        "detail": "Why the export is in this state (NULL when archived).",
+        "export_format": "The export's MIME type.",
+        "expires_after": "When PostHog deletes the content (UTC).",
+        "checked_at": "When this state was decided (UTC).",
+        "synced_at": _SYNCED_AT,
+    },
+    "explicit_members": {
+        "user_uuid": "The member's user uuid.",
+        "id": "Membership id.",
+        "level": "Membership level set on the project (1 member, 8 admin).",
+        "parent_level": "Level from the organization membership.",
+        "effective_level": "The level that applies: the higher of level and parent_level.",
+        "parent_membership_id": "Id of the organization membership.",
+        "joined_at": "When the member was added (UTC).",
+        "updated_at": "When the membership last changed (UTC).",
+        "user": "The member's user record (JSON): email, name, ...",
+        "extra": _EXTRA,
+        "synced_at": _SYNCED_AT,
+    },
+}
+
+
+def _sql_type(spec: TableSpec, field: pa.Field) -> str:
+    if field.name in spec.json_columns:
+        return "JSON"
+    if pa.types.is_timestamp(field.type):
+        return "TIMESTAMPTZ" if field.type.tz else "TIMESTAMP"
+    if pa.types.is_boolean(field.type):
+        return "BOOLEAN"
+    if pa.types.is_integer(field.type):
+        return "BIGINT"
+    if pa.types.is_floating(field.type):
+        return "DOUBLE"
+    return "VARCHAR" if pa.types.is_string(field.type) else str(field.type)
+
+
+def column_schema(spec: TableSpec) -> dg.TableSchema:
+    """The table's columns as the warehouse shows them (DuckDB types), with descriptions: the
+    asset's `dagster/column_schema`, shown in the catalog before any run."""
+    described = COLUMN_DESCRIPTIONS.get(spec.name, {})
+    return dg.TableSchema(columns=[
+        dg.TableColumn(
+            name=field.name,
+            type=_sql_type(spec, field),
+            description=described.get(field.name),
+            constraints=dg.TableColumnConstraints(nullable=field.name not in spec.key)
+            if spec.key else None,
+        )
+        for field in spec.full_schema
+    ])
+
+
+def table_metadata(spec: TableSpec) -> dict[str, object]:
+    """An asset definition's metadata for the table it lands: name and column schema."""
+    return {"dagster/table_name": f"posthog.{spec.name}",
+            "dagster/column_schema": column_schema(spec)}
+
+
+# posthog_requested_exports lands no table: its columns are those of its materialization's
+# preview, one row per export it created (the exports themselves land in posthog.exports)
+REQUESTED_EXPORTS_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("id", "BIGINT", description="Id of the export created."),
+    dg.TableColumn("export_format", "VARCHAR", description="Its MIME type."),
+    dg.TableColumn("insight", "BIGINT", description="The insight exported, if any."),
+    dg.TableColumn("dashboard", "BIGINT", description="The dashboard exported, if any."),
+    dg.TableColumn("state", "VARCHAR", description="ready (has content) or failed."),
+    dg.TableColumn("exception", "VARCHAR", description="Why rendering failed, if it did."),
+])

@@ -277,6 +277,21 @@ def status(demo: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+def check() -> None:
+    """Verify in seconds, before a sync: configuration, that POSTHOG_HOST answers, that the key
+    is accepted, which scopes it has (and the assets a missing one disables), and that the lake
+    and the warehouse are writable. One line per check; exit 0 when all are ok, 1 otherwise."""
+    from pipelines.check import run_checks
+
+    failed = False
+    for result in run_checks(os.environ):
+        click.echo(result.line())
+        failed = failed or result.status == "FAIL"
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
 @main.command("rebuild-views")
 def rebuild_views() -> None:
     """Recreate the DuckDB views from the lake (after moving or restoring either)."""

@@ -1,4 +1,5 @@
-"""Sensors: catch exports about to expire without archived content, between hourly ticks."""
+"""Sensors: catch exports about to expire without archived content, between hourly ticks; and
+the automation condition sensor for the PostHog assets."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -29,4 +30,16 @@ def posthog_expiring_exports_sensor(
     )
 
 
-ALL_SENSORS = [posthog_expiring_exports_sensor]
+# Declarative automation for the assets that carry an automation condition (the export archive
+# follows new export metadata at once). Off until switched on, as the schedules are; one sensor
+# for this project's assets, so a project that merges them keeps its own default sensor.
+posthog_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "posthog_automation_sensor",
+    target=dg.AssetSelection.groups("posthog"),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=60,
+    description="Evaluates the PostHog assets' automation conditions: archives export contents "
+    "as soon as new export metadata lands.",
+)
+
+ALL_SENSORS = [posthog_expiring_exports_sensor, posthog_automation_sensor]

@@ -11,7 +11,7 @@ from pydantic import Field
 from resources.budget import RequestBudget, budget_bucket
 from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
-from resources.posthog_config import ConnectionSettings
+from resources.posthog_config import ConnectionSettings, config_problems, format_problems
 
 __all__ = ["PostHogResource"]
 
@@ -100,6 +100,34 @@ class PostHogResource(dg.ConfigurableResource):
         ),
     )
 
+    def config_problems(self) -> list[str]:
+        """Every configuration problem at once, one line each naming what to fix (empty: the
+        resource can build a client). Never shows the key."""
+        problems = config_problems(
+            host=self.host, project_id=self.project_id, api_key=self.personal_api_key
+        )
+        try:
+            if self.rate_limit_windows.strip():
+                _parse_windows(self.rate_limit_windows)
+            else:
+                _parse_rate(self.requests_per_minute, "POSTHOG_REQUESTS_PER_MINUTE")
+        except PostHogConfigError as exc:
+            problems.append(exc.description)
+        if not self.rate_limit_windows.strip():
+            try:
+                _parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR")
+            except PostHogConfigError as exc:
+                problems.append(exc.description)
+        if not self.request_timeout > 0:
+            problems.append("request_timeout must be a positive number of seconds.")
+        if self.request_max_retries < 0:
+            problems.append("request_max_retries must be >= 0.")
+        if self.request_retry_delay < 0 or self.request_max_retry_delay < 0:
+            problems.append("request retry delays must be >= 0 seconds.")
+        if not self.state_dir:
+            problems.append("state_dir must name the lake root directory.")
+        return problems
+
     def get_client(
         self,
         *,
@@ -107,6 +135,9 @@ class PostHogResource(dg.ConfigurableResource):
         transport: httpx.BaseTransport | None = None,
     ) -> PostHogClient:
         """Validate the configuration and return a budgeted client (use it with `with`)."""
+        problems = self.config_problems()
+        if problems:
+            raise PostHogConfigError(format_problems(problems))
         settings = ConnectionSettings.from_raw(
             host=self.host, project_id=self.project_id, api_key=self.personal_api_key
         )
@@ -117,14 +148,6 @@ class PostHogResource(dg.ConfigurableResource):
                 (_parse_rate(self.requests_per_minute, "POSTHOG_REQUESTS_PER_MINUTE"), 60.0),
                 (_parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR"), 3600.0),
             ]
-        if not self.request_timeout > 0:
-            raise PostHogConfigError("request_timeout must be a positive number of seconds.")
-        if self.request_max_retries < 0:
-            raise PostHogConfigError("request_max_retries must be >= 0.")
-        if self.request_retry_delay < 0 or self.request_max_retry_delay < 0:
-            raise PostHogConfigError("request retry delays must be >= 0 seconds.")
-        if not self.state_dir:
-            raise PostHogConfigError("state_dir must name the lake root directory.")
         budget = RequestBudget(
             Path(self.state_dir) / BUDGET_RELPATH,
             budget_bucket(settings.origin, settings.api_key),

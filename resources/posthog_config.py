@@ -13,6 +13,7 @@ from resources.errors import PostHogConfigError
 
 __all__ = [
     "ConnectionSettings",
+    "config_problems",
     "normalize_host",
     "validate_api_key",
     "validate_project_id",
@@ -36,8 +37,31 @@ class ConnectionSettings:
 
     @classmethod
     def from_raw(cls, *, host: str, project_id: str | int, api_key: str) -> ConnectionSettings:
-        """Validate the three settings; each error names its environment variable."""
+        """Validate the three settings; one error names every variable that is wrong."""
+        problems = config_problems(host=host, project_id=project_id, api_key=api_key)
+        if problems:
+            raise PostHogConfigError(format_problems(problems))
         return cls(normalize_host(host), validate_project_id(project_id), validate_api_key(api_key))
+
+
+def config_problems(*, host: str, project_id: str | int, api_key: str) -> list[str]:
+    """Every problem with the three settings (empty when all are valid), one line each, each
+    naming its environment variable; never the key's value."""
+    problems = []
+    for validate, value in ((normalize_host, host), (validate_project_id, project_id),
+                            (validate_api_key, api_key)):
+        try:
+            validate(value)
+        except PostHogConfigError as exc:
+            problems.append(exc.description)
+    return problems
+
+
+def format_problems(problems: list[str]) -> str:
+    """One problem as is; several as a short list under one headline."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} configuration problems:\n" + "\n".join(f"- {p}" for p in problems)
 
 
 def normalize_host(host: str) -> str:

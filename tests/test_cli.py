@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -205,7 +206,12 @@ def test_demo_stops_its_sync_on_sigterm(tmp_path):
         while "Running:" not in out_file.read_text():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(3)
+        # the sync's run has started (a fixed sleep was not enough on a loaded machine: the
+        # signal came before Dagster had recorded any run)
+        runs_db = tmp_path / "dagster_home" / "history" / "runs.db"
+        while not _run_started(runs_db):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
         assert any(pid != proc.pid for pid in marked())  # the sync is running
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=45)
@@ -220,3 +226,74 @@ def test_demo_stops_its_sync_on_sigterm(tmp_path):
     assert marked() == []
     with sqlite3.connect(tmp_path / "dagster_home" / "history" / "runs.db") as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("FAILURE",)]
+
+
+def _run_started(runs_db: Path) -> bool:
+    import sqlite3
+
+    if not runs_db.exists():
+        return False
+    try:
+        with sqlite3.connect(runs_db, timeout=1) as db:
+            return ("STARTED",) in db.execute("SELECT status FROM runs").fetchall()
+    except sqlite3.Error:  # created but not set up yet, or busy
+        return False
+
+
+def _check(env: dict[str, str]) -> tuple[int, list[str], float]:
+    clean = {k: None for k in os.environ if k.startswith(("POSTHOG_", "LAKE_", "DUCKDB_"))}
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.main, ["check"], env={**clean, **env})
+    return result.exit_code, result.output.splitlines(), time.monotonic() - started
+
+
+def _check_env(sim_env, key: str) -> dict[str, str]:
+    return {"POSTHOG_HOST": sim_env.sim.api_url, "POSTHOG_PROJECT_ID": str(sim_env.sim.project_id),
+            "POSTHOG_PERSONAL_API_KEY": key, "LAKE_ROOT": str(sim_env.tmp / "lake"),
+            "DUCKDB_DATABASE": str(sim_env.tmp / "wh" / "warehouse.duckdb")}
+
+
+def test_check_all_good_against_the_simulator_exits_0(sim_env):
+    code, lines, seconds = _check(_check_env(sim_env, sim_env.sim.api_key))
+    assert code == 0, lines
+    status = {line.split()[1]: line.split()[0] for line in lines}
+    for name in ("configuration", "host", "key", "group:read", "property_definition:read",
+                 "export:read", "lake", "warehouse"):
+        assert status[name] == "ok", lines
+    assert sim_env.sim.api_key not in "\n".join(lines)
+    assert seconds < 10
+    # the check creates neither the lake nor the warehouse
+    assert not (sim_env.tmp / "lake").exists() and not (sim_env.tmp / "wh").exists()
+
+
+def test_check_names_the_asset_a_missing_scope_disables(sim_env):
+    key = sim_env.sim.issue_key(["group:read", "export:read"])
+    code, lines, _ = _check(_check_env(sim_env, key))
+    assert code == 1
+    [line] = [line for line in lines if line.startswith("FAIL")]
+    assert "property_definition:read" in line and "posthog_group_property_definitions" in line
+    assert any(line.startswith("ok") and "export:read" in line for line in lines)
+
+
+def test_check_on_a_closed_port_fails_in_seconds_naming_posthog_host(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, lines, seconds = _check({
+        "POSTHOG_HOST": f"http://127.0.0.1:{port}", "POSTHOG_PROJECT_ID": "1",
+        "POSTHOG_PERSONAL_API_KEY": "phx_check_key_1", "LAKE_ROOT": str(tmp_path / "lake"),
+        "DUCKDB_DATABASE": str(tmp_path / "w.duckdb")})
+    assert code == 1 and seconds < 10
+    [host] = [line for line in lines if line.split()[1] == "host"]
+    assert host.startswith("FAIL") and f"POSTHOG_HOST=http://127.0.0.1:{port}" in host
+
+
+def test_check_reports_every_configuration_problem_at_once(tmp_path):
+    code, lines, _ = _check({"POSTHOG_HOST": "us.posthog.com", "LAKE_ROOT": str(tmp_path / "l"),
+                             "DUCKDB_DATABASE": str(tmp_path / "w.duckdb")})
+    assert code == 1
+    failed = "\n".join(line for line in lines if line.startswith("FAIL"))
+    for name in ("POSTHOG_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY"):
+        assert name in failed

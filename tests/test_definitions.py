@@ -162,3 +162,109 @@ def test_demo_records_its_run_where_the_ui_reads_it(tmp_path):
     assert f"DAGSTER_HOME={home}" in out.stdout
     with sqlite3.connect(home / "history" / "runs.db") as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("SUCCESS",)]
+
+
+@pytest.mark.parametrize("bad_lake", [False, True])
+def test_materialize_with_no_configuration_fails_once_naming_every_variable(tmp_path, bad_lake):
+    """The contract command with POSTHOG_HOST, POSTHOG_PROJECT_ID and POSTHOG_PERSONAL_API_KEY
+    all unset (and LAKE_ROOT malformed too): one short failure before any step runs, naming
+    every variable, no stack trace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
+    env.update(LAKE_ROOT="ftp://bucket/lake" if bad_lake else str(tmp_path / "lake"),
+               DUCKDB_DATABASE=str(tmp_path / "wh.duckdb"), DAGSTER_HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
+         "--select", "*"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    for name in ("POSTHOG_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY",
+                 *(["LAKE_ROOT"] if bad_lake else [])):
+        assert name in text
+    assert f"Configuration: {3 if bad_lake else 2} problems" in text
+    assert "Stack Trace" not in text and "Traceback" not in text
+    assert text.count("STEP_FAILURE") == 1 and "STEP_START" not in text
+    assert len(text.splitlines()) <= 25, text
+    # nothing ran, so nothing was written
+    assert not (tmp_path / "lake").exists()
+
+
+def test_every_asset_shows_its_described_columns_before_any_run():
+    """`dagster/column_schema` on every asset definition: the catalog lists the columns (with
+    DuckDB types and descriptions) of the table the asset lands, without a run."""
+    from assets.tables import ALL_TABLES
+
+    tables = {f"posthog.{t.name}": t for t in ALL_TABLES}
+    for asset in defs.assets:
+        spec = next(iter(asset.specs))
+        schema = spec.metadata["dagster/column_schema"]
+        assert isinstance(schema, dg.TableSchema), spec.key
+        assert all(c.description for c in schema.columns), spec.key
+        table = spec.metadata.get("dagster/table_name")
+        if table is not None:
+            assert [c.name for c in schema.columns] == tables[table].full_schema.names
+    groups = next(a for a in defs.assets if a.key.to_user_string() == "posthog_groups")
+    schema = next(iter(groups.specs)).metadata["dagster/column_schema"]
+    columns = {c.name: c for c in schema.columns}
+    assert columns["group_properties"].type == "JSON"
+    assert columns["created_at"].type == "TIMESTAMPTZ"
+    assert columns["group_key"].constraints.nullable is False
+
+
+def test_export_archive_follows_new_export_metadata_and_is_late_after_six_hours():
+    key = dg.AssetKey("posthog_export_contents")
+    policy = defs.resolve_asset_graph().get(key).freshness_policy
+    assert isinstance(policy, dg.FreshnessPolicy)
+    assert policy.fail_window.to_timedelta() == timedelta(hours=6)
+    assert policy.warn_window.to_timedelta() == timedelta(hours=2)
+    automation = defs.resolve_sensor_def("posthog_automation_sensor")
+    assert automation.default_status == dg.DefaultSensorStatus.STOPPED
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert result.total_requested == 0  # no export metadata yet: nothing to archive
+    instance.report_runless_asset_event(dg.AssetMaterialization("posthog_exports"))
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                               cursor=result.cursor)
+    assert result.total_requested == 1 and result.get_num_requested(key) == 1
+    instance.report_runless_asset_event(dg.AssetMaterialization("posthog_export_contents"))
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                               cursor=result.cursor)
+    assert result.total_requested == 0  # archived since: nothing new
+
+
+def _preflight_job(name: str):
+    import os as _os
+
+    from tests._preflight_jobs import definitions
+
+    return definitions(_os.environ["PREFLIGHT_LAKE_ROOT"]).resolve_job_def(name)
+
+
+def checks_only_job():
+    return _preflight_job("checks_only")
+
+
+def groups_only_job():
+    return _preflight_job("groups_only")
+
+
+@pytest.mark.parametrize(("job", "passes"), [(checks_only_job, True), (groups_only_job, False)])
+def test_preflight_checks_only_what_the_runs_steps_use(tmp_path, monkeypatch, job, passes):
+    """No key configured: a run of lake-only asset checks is not failed for it; a run with a
+    PostHog step is, before the step starts."""
+    monkeypatch.setenv("PREFLIGHT_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("DUCKDB_DATABASE", str(tmp_path / "wh.duckdb"))
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.execute_job(dg.reconstructable(job), instance=instance)
+        failures = [e for e in result.all_events if e.is_step_failure]
+    if passes:
+        assert not [f for f in failures if "POSTHOG_" in str(f.event_specific_data.error)]
+    else:
+        [failure] = failures
+        assert "POSTHOG_PERSONAL_API_KEY" in failure.event_specific_data.error.message
+        assert not [e for e in result.all_events if e.is_step_start]

@@ -136,7 +136,7 @@ def test_sync_lands_exactly_the_simulators_data(sim_env):
     # every materialization reports rows, requests, retries, 429s, bytes and a preview
     groups_meta = result.asset_materializations_for_node("posthog_groups")[0].metadata
     for key in ("dagster/row_count", "pages", "requests", "retries", "throttled_429s",
-                "bytes_downloaded", "preview"):
+                "content_bytes_downloaded", "preview"):
         assert key in groups_meta
     assert groups_meta["dagster/row_count"].value == len(expected_groups(sim_env.sim))
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
@@ -149,7 +149,7 @@ def test_second_sync_downloads_zero_content_bytes(sim_env):
     result = sim_env.sync()
     assert result.success
     meta = result.asset_materializations_for_node("posthog_export_contents")[0].metadata
-    assert meta["bytes_downloaded"].value == 0
+    assert meta["content_bytes_downloaded"].value == 0
     assert not [r for r in sim_env.sim.request_log if r.server == "storage" or "/content" in r.path]
     assert_warehouse_equals_simulator(sim_env)
     # nothing changed: groups_history holds one open version per group, from the first sync

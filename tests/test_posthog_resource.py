@@ -163,3 +163,16 @@ def test_resource_rate_limit_windows_override_and_bad_value_names_env_var() -> N
                           personal_api_key="phx_windows_test", rate_limit_windows="60 per 10")
     with pytest.raises(PostHogConfigError, match="POSTHOG_RATE_LIMIT_WINDOWS"):
         bad.get_client()
+
+
+def test_resource_config_problems_names_every_bad_variable_at_once() -> None:
+    resource = PostHogResource(host="ftp://x", project_id="", personal_api_key="",
+                               requests_per_minute="lots")
+    problems = resource.config_problems()
+    assert [p.split("=")[0].split(" ")[0] for p in problems] == [
+        "POSTHOG_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY",
+        "POSTHOG_REQUESTS_PER_MINUTE"]
+    with pytest.raises(PostHogConfigError) as raised:
+        resource.get_client()
+    assert raised.value.description.startswith("4 configuration problems:")
+    assert "POSTHOG_PERSONAL_API_KEY" in raised.value.description

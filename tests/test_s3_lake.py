@@ -49,7 +49,7 @@ def test_s3_lake_sync_is_exact_and_a_resync_downloads_nothing(tmp_path, s3_env):
         env.sim.clear_log()
         again = env.sync()
         meta = again.asset_materializations_for_node("posthog_export_contents")[0].metadata
-        assert meta["bytes_downloaded"].value == 0
+        assert meta["content_bytes_downloaded"].value == 0
         assert not [r for r in env.sim.request_log if r.server == "storage"]
         # everything is in the bucket under the prefix; nothing of the lake on local disk
         assert all(p.startswith(f"{s3_env.bucket}/prod/lake/posthog/") for p in _objects(s3_env))

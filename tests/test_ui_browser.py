@@ -6,6 +6,8 @@ drives the UI in headless Chromium (Debian's `chromium`, driven by Playwright):
 * the asset graph lists every asset of the contract;
 * "Materialize all", clicked in the UI, launches a run that succeeds (its log shows progress);
 * the asset pages show the run's metadata: rows, requests, a Markdown preview, archive state;
+* the catalog lists each asset's columns with descriptions, and the export archive's freshness
+  policy and state (passing after the run);
 * a schedule switched on in the UI is running in the daemon, and its tick (forced through the
   GraphQL API, as the UI's "Test schedule" does) runs a sync that lands data.
 
@@ -401,7 +403,8 @@ def test_asset_pages_show_the_runs_metadata(page, dagster_ui):
     # the export archive: state counts and a rendered Markdown preview of its rows
     page.goto("/assets/posthog_export_contents")
     page.get_by_text("Metadata", exact=True).first.wait_for()
-    for key in ("archive_state", "preview", "requests", "bytes_downloaded"):
+    for key in ("archive_state", "preview", "requests", "content_bytes_downloaded",
+                "rows_by_table"):
         page.get_by_role("cell", name=key, exact=True).first.wait_for(state="attached")
     text = page.locator("body").inner_text()
     assert "archived" in text
@@ -414,6 +417,35 @@ def test_asset_pages_show_the_runs_metadata(page, dagster_ui):
     page.mouse.wheel(0, -250)
     page.wait_for_timeout(800)
     _readme_screenshot(page, "materialization-metadata.png")
+
+
+def test_asset_pages_show_columns_and_the_archive_freshness(page, dagster_ui):
+    # the columns come from the definitions (dagster/column_schema), with their descriptions
+    page.goto("/assets/posthog_groups")
+    page.get_by_text("Columns", exact=True).first.wait_for()
+    for column in ("group_key", "group_properties", "synced_at"):
+        page.get_by_text(column, exact=True).first.wait_for(state="attached")
+    page.get_by_text("The group's key (unique within its type)").first.wait_for(state="attached")
+
+    # the archive's freshness policy, and its state after the Materialize-all run: passing
+    query = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+                 __typename ... on AssetNode {
+                   internalFreshnessPolicy { __typename
+                     ... on TimeWindowFreshnessPolicy { failWindowSeconds warnWindowSeconds } }
+                   freshnessStatusInfo { freshnessStatus } } } }"""
+    key = {"key": {"path": ["posthog_export_contents"]}}
+    node = dagster_ui.graphql(query, key)["assetNodeOrError"]
+    assert node["internalFreshnessPolicy"] == {"__typename": "TimeWindowFreshnessPolicy",
+                                               "failWindowSeconds": 6 * 3600,
+                                               "warnWindowSeconds": 2 * 3600}
+    if dagster_ui.state.get("run_id"):
+        deadline = time.monotonic() + 90
+        while node["freshnessStatusInfo"]["freshnessStatus"] != "HEALTHY":
+            assert time.monotonic() < deadline, node
+            time.sleep(2)
+            node = dagster_ui.graphql(query, key)["assetNodeOrError"]
+    page.goto("/assets/posthog_export_contents")
+    page.get_by_text(re.compile(r"Freshness", re.IGNORECASE)).first.wait_for()
 
 
 def test_schedule_switched_on_and_its_tick_runs_a_sync(page, dagster_ui):

@@ -81,5 +81,16 @@ def test_metadata_links_every_delta_table_and_lists_every_archive_state():
     assert meta["delta_version"] == 4
     assert meta["delta/export_rows"] == dg.MetadataValue.path("/lake/posthog/export_rows@v7")
     assert meta["archive_state"].data == {"archived": 1, "pending": 0, "failed": 2, "expired": 0}
-    assert meta["rows"].data == {"export_contents": 3, "export_rows": 9}
+    # `rows` is the main table's count on every asset; every table's is in rows_by_table
+    assert meta["rows"] == meta["dagster/row_count"] == 3
+    assert meta["rows_by_table"].data == {"export_contents": 3, "export_rows": 9}
+    assert meta["content_bytes_downloaded"] == 0 and "bytes_downloaded" not in meta
     assert "a\\|b" in meta["preview"].md_str
+
+
+def test_metadata_names_mean_the_same_on_every_asset():
+    now = datetime.now(UTC)
+    one = sync_metadata(ClientStats(), [PublishedTable("groups", 1, 5, [], now)])
+    assert one["rows"] == 5 and "rows_by_table" not in one
+    none = sync_metadata(ClientStats(), [])
+    assert none["rows"] == 0 and isinstance(none["content_bytes_downloaded"], int)
