@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
@@ -71,7 +71,8 @@ class RawGroup(msgspec.Struct, forbid_unknown_fields=True):
     text `json.dumps(properties, ensure_ascii=False, separators=(",", ":"))` writes.
     """
 
-    group_type_index: int
+    # an index beyond int64 is no column's: such a page is read the slower way, into `extra`
+    group_type_index: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
     group_key: str
     group_properties: msgspec.Raw
     created_at: str
