@@ -23,7 +23,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from assets.tables import parse_ts
-from assets.tabular import CSV_FORMAT, XLSX_FORMAT
+from assets.tabular import CSV_FORMAT, TABULAR_FORMATS
 from resources.lake import Location
 from tests.helpers import expected_export_rows, read_stored
 
@@ -174,9 +174,9 @@ def verify_exact(sim: Any, lake_root: Path, database: Path) -> Counts:
             counts.files += 1
         counts.rows += len(contents)
 
-        # ---- CSV/XLSX rows: header order and cell text kept, one row per data row
+        # ---- CSV/XLSX rows (header order, cell text), JSON Lines records, JSON array elements
         for export_id, *_rest, fmt in contents:
-            if fmt not in (CSV_FORMAT, XLSX_FORMAT):
+            if fmt not in TABULAR_FORMATS:
                 continue
             counts.rows += _verify_rows(con, ds, export_id, fmt)
     finally:

@@ -89,7 +89,9 @@ def start_sim(tmp_path: Path, *, groups_per_type: Sequence[int] = (450, 230, 17)
               n_exports: int = 30, seed: int = 3, faults: FaultSpec | None = None,
               lake_uri: str | None = None, **config: Any) -> Iterator[SimEnv]:
     dataset = DatasetSpec(seed=seed, groups_per_type=tuple(groups_per_type), n_exports=n_exports,
-                          hostile=config.pop("hostile", False))
+                          hostile=config.pop("hostile", False),
+                          dataset_exports=config.pop("dataset_exports", 0),
+                          property_keys_per_type=config.pop("property_keys_per_type", 12))
     cfg = SimConfig(dataset=dataset, faults=faults or FaultSpec(rate=0.0),
                     rate_limits=config.pop("rate_limits", None), **config)
     with Simulator(cfg) as sim:
@@ -140,6 +142,11 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
 
 def expected_export_rows(content: bytes, fmt: str) -> list[dict]:
     """What posthog.export_rows must hold for these bytes: parsed independently of the asset."""
+    if fmt == "application/x-ndjson":  # one row per JSON Lines record
+        return [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+    if fmt == "application/json":  # one row per element of an array, else the document
+        document = json.loads(content)
+        return document if isinstance(document, list) else [document]
     if fmt == CSV_FORMAT:
         rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
     else:

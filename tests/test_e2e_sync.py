@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.tabular import CSV_FORMAT, XLSX_FORMAT
+from assets.tabular import CSV_FORMAT, TABULAR_FORMATS
 from posthog_sim import FaultSpec
 from tests.helpers import (
     expected_export_rows,
@@ -102,9 +102,9 @@ def assert_warehouse_equals_simulator(env) -> None:
         assert data == ds.export_content(export_id)
         assert hashlib.sha256(data).hexdigest() == sha256 and len(data) == size
 
-    # CSV and XLSX rows: header order and cell text kept
+    # CSV/XLSX rows (header order and cell text kept), JSON Lines records, JSON array elements
     for export_id, *_rest, fmt in contents:
-        if fmt not in (CSV_FORMAT, XLSX_FORMAT):
+        if fmt not in TABULAR_FORMATS:
             continue
         rows = env.query(
             "SELECT row::VARCHAR FROM posthog.export_rows WHERE export_id = ? ORDER BY row_number",
