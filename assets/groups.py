@@ -43,11 +43,13 @@ class GroupsConfig(SyncConfig):
 class PropertyValuesConfig(SyncConfig):
     keys: list[str] = Field(
         default_factory=list,
-        description="Property keys to fetch value counts for, in every group type. Empty: the "
-        "first `max_keys_per_type` non-numerical keys of each type's definitions.",
+        description="Property keys to fetch value counts for, in every group type. Empty: every "
+        "key of each type's definitions (non-numerical first, up to `max_keys_per_type`).",
     )
-    max_keys_per_type: int = Field(
-        default=25, description="Cap on keys per group type when `keys` is empty (1 request each)."
+    max_keys_per_type: int | None = Field(
+        default=None,
+        description="Opt-in cap on keys per group type when `keys` is empty (1 request each); "
+        "unset: every defined key.",
     )
     concurrency: int = Field(default=4, description="property_values requests in flight at once.")
 
@@ -185,7 +187,8 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     # categorical (non-numerical) keys first: their top-20 values are what people filter on
     for d in sorted(definitions, key=lambda d: (bool(d["is_numerical"]), d["name"] or "")):
         keys = chosen.get(d["group_type_index"])
-        if keys is not None and d["name"] and len(keys) < config.max_keys_per_type:
+        if keys is not None and d["name"] and (
+                config.max_keys_per_type is None or len(keys) < config.max_keys_per_type):
             keys.append(d["name"])
     return chosen
 

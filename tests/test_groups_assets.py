@@ -1,0 +1,31 @@
+"""The groups assets against the simulator over HTTP: what they ask PostHog for and what lands."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from tests.helpers import start_sim
+
+
+def test_property_values_fetch_every_defined_key_by_default(tmp_path) -> None:
+    with start_sim(tmp_path, groups_per_type=(30, 5), n_exports=0,
+                   property_keys_per_type=40) as env:
+        env.sync(select=["posthog_group_types", "posthog_group_property_definitions",
+                         "posthog_group_property_values"])
+        defined = set(env.query(
+            "SELECT group_type_index, name FROM posthog.group_property_definitions"))
+        assert len(defined) > 2 * 25  # more than the old cap of 25 per type
+        asked = {
+            (int(q["group_type_index"][0]), q["key"][0])
+            for q in (parse_qs(r.query) for r in env.sim.request_log
+                      if r.path.endswith("groups/property_values/"))
+        }
+        assert asked == defined
+
+        # the cap stays, opt-in
+        before = len(env.sim.request_log)
+        env.sync(select=["posthog_group_property_values"], run_config={"ops": {
+            "posthog_group_property_values": {"config": {"max_keys_per_type": 3}}}})
+        capped = [r for r in env.sim.request_log[before:]
+                  if r.path.endswith("groups/property_values/")]
+        assert len(capped) == 2 * 3
