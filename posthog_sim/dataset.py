@@ -349,6 +349,17 @@ _GEN = {"name": _g_name, "industry": _g_industry, "plan": _g_plan, "region": _g_
         "domain": _g_domain, "str": _g_str}
 
 
+
+def property_value_text(value: Any) -> str:
+    """A property value as groups/property_values names it: its JSON text, the enclosing quotes
+    of a string trimmed (ClickHouse's `replaceRegexpAll(JSONExtractRaw(...), '^"|"$', '')`)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if text.startswith('"'):
+        text = text[1:]
+    if text.endswith('"'):
+        text = text[:-1]
+    return text
+
 class Dataset:
     def __init__(self, spec: DatasetSpec, now: float | None = None):
         self.spec = spec
@@ -691,11 +702,13 @@ class Dataset:
         out.sort(key=lambda d: d["name"])
         return out
 
-    # PostHog counts over every group in ClickHouse, cheaply; here each scanned group is generated
-    # in Python (~40 us), so counts cover a sample: enough for realistic top-20 values without the
-    # simulator eating the CPU of the sync it is serving
-    PV_SCAN_LIMIT = 20_000
-
+    # PostHog's groups/property_values (ee/clickhouse/views/groups.py, `property_values`) is one
+    # HogQL query over raw_groups: each group's latest `properties[key]` (argMax by updated_at),
+    # `WHERE value IS NOT NULL`, count(*) per value, `ORDER BY count DESC, value ASC LIMIT 20`.
+    # HogQL reads a property of a JSON string column as ClickHouse's JSONExtractRaw with the outer
+    # quotes trimmed (posthog/hogql/printer.py), so a value is its JSON text: a string loses only
+    # its enclosing quotes and keeps its escapes (`The \"Best\" Co`), a number, boolean, array or
+    # object stays JSON, a JSON null is no value. Counted over every group of the type.
     def _value_counts(self, i: int) -> dict[str, dict[str, int]]:
         with self._lock:
             cached = self._pv_cache.get(i)
@@ -710,13 +723,11 @@ class Dataset:
             if cached is not None:
                 return cached
             counts: dict[str, dict[str, int]] = {}
-            for n_seen, g in enumerate(self.iter_groups(i)):
-                if n_seen >= self.PV_SCAN_LIMIT:
-                    break
+            for g in self.iter_groups(i):
                 for k, v in (g.get("group_properties") or {}).items():
                     if v is None:
                         continue
-                    sv = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+                    sv = property_value_text(v)
                     d = counts.setdefault(k, {})
                     d[sv] = d.get(sv, 0) + 1
             with self._lock:
@@ -725,8 +736,8 @@ class Dataset:
             return counts
 
     def property_values(self, i: int, key: str, value: str | None = None) -> list[dict]:
-        """Top 20 values of a property ({"name","count"}, count DESC, value ASC).
-        For > PV_SCAN_LIMIT groups the counts cover the first PV_SCAN_LIMIT groups in API order."""
+        """Top 20 values of a property ({"name","count"}, count DESC, value ASC) over every group
+        of the type, each value as PostHog's text (`property_value_text`)."""
         if not 0 <= i < self.n_types:
             return []
         d = self._value_counts(i).get(key, {})
@@ -1018,7 +1029,7 @@ class Dataset:
 
     def precompute_property_values(self) -> None:
         """Count every type's property values now (PostHog answers property_values from
-        ClickHouse; the simulator otherwise scans up to PV_SCAN_LIMIT groups per type in Python
+        ClickHouse; the simulator otherwise scans every group of a type in Python
         on the first request, seconds that no real server spends)."""
         for i in range(self.n_types):
             self._value_counts(i)

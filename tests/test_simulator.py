@@ -865,3 +865,28 @@ def test_issued_keys_have_exactly_their_scopes_per_endpoint(sim_factory):
     with pytest.raises(ValueError):
         sim.issue_key(["group"])
     assert sim.keys[sim.api_key][1] == ("*",)  # the demo's default key keeps every scope
+
+
+# ============================================================ property values as PostHog names them
+def test_property_values_are_json_text_counted_over_every_group(sim_factory):
+    sim = sim_factory(groups_per_type=(20_100,), n_exports=0)
+    groups = list(sim.dataset.iter_groups(0))
+
+    def text(v) -> str:  # JSONExtractRaw, the enclosing quotes of a string trimmed
+        raw = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        return raw[1:-1] if isinstance(v, str) else raw
+
+    with _client(sim) as c:
+        for key in [d["name"] for d in sim.dataset.property_definitions(0)]:
+            counts: dict[str, int] = {}
+            for g in groups:
+                v = g["group_properties"].get(key)
+                if v is not None:
+                    counts[text(v)] = counts.get(text(v), 0) + 1
+            want = sorted(counts.items(), key=lambda nc: (-nc[1], nc[0]))[:20]
+            got = c.get("/api/projects/1/groups/property_values/",
+                        params={"group_type_index": 0, "key": key}).json()["results"]
+            assert [(r["name"], r["count"]) for r in got] == want, key
+        best = c.get("/api/projects/1/groups/property_values/",
+                     params={"group_type_index": 0, "key": "name", "value": "best"}).json()["results"]
+        assert best and all(r["name"].startswith('The \\"Best\\" Co') for r in best)
