@@ -228,6 +228,7 @@ def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lak
                 posthog.get_client(logger=context.log) as client:
             yield store, client
     finally:
+        begin_sync()  # the step's logger ends with the step
         # collected while still frozen: only what the step made is walked (a full collection
         # of the whole heap costs 0.1 s, each step)
         release_memory()

@@ -98,7 +98,7 @@ def posthog_groups(
         sources = {
             index: (
                 lambda index=index: client.iter_group_pages(
-                    group_type_index=index, raw_properties=True
+                    group_type_index=index, raw_properties=True, group_type=types[index]
                 )
             )
             for index in types

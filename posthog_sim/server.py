@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from . import _jsontext as jsontext
+import orjson
 
 from . import content as C
 from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
@@ -40,17 +40,11 @@ SIM_STATS_PATH = "/_sim/stats"
 
 # ====================================================================== helpers
 def dumps(obj: Any) -> bytes:
-    """DRF JSONRenderer: compact, unicode, with U+2028/2029 escaped.
-
-    `_jsontext` (a copy of the pipeline's `resources/jsontext.py`) writes it: orjson where that
-    is json's text (a 64 KB page of groups in 0.35 ms, not 0.65, so that a benchmark measures
-    the tool, not the simulator), json elsewhere. There is no NaN to write: DRF's default strict JSON refuses it in request bodies
-    (`loads_body`) as in responses.
-    """
-    s = jsontext.dumps(obj, allow_nan=False)
-    if "\u2028" in s or "\u2029" in s:
-        s = s.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return s.encode("utf-8")
+    """PostHog's renderer: `orjson.dumps(data, option=orjson.OPT_UTC_Z)` (SafeJSONRenderer,
+    posthog/renderers.py). Compact, UTF-8, U+2028/U+2029 unescaped, floats as orjson spells them
+    (`1e-7`, `0.00001`), NaN and Infinity as null. An integer outside [-2^63, 2^64) raises
+    (orjson.JSONEncodeError, a TypeError): PostHog answers that page with a 500, every time."""
+    return orjson.dumps(obj, option=orjson.OPT_UTC_Z)
 
 
 def _reject_constant(literal: str) -> float:

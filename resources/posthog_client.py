@@ -9,7 +9,9 @@ request: retries, Retry-After, the shared budget, a host that never answered),
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import threading
 import time
@@ -29,6 +31,7 @@ from resources.errors import (
     PostHogEndpointMissingError,
     PostHogPaginationError,
     PostHogRetryError,
+    PostHogUnrenderablePageError,
 )
 from resources.posthog_config import (
     ConnectionSettings,
@@ -208,13 +211,16 @@ class PostHogClient:
         return body
 
     def iter_group_pages(
-        self, *, group_type_index: int, raw_properties: bool = False
+        self, *, group_type_index: int, raw_properties: bool = False,
+        group_type: str | None = None,
     ) -> Iterator[list[dict] | list[RawGroup]]:
         """GET groups/?group_type_index=N, following the keyset `next` links page by page.
 
         With `raw_properties`, a page PostHog wrote plainly (the usual case) comes as a list of
         `RawGroup`: the properties stay the JSON text the page held, never decoded into dicts
-        and encoded again. Any other page still comes as a list of dicts.
+        and encoded again. Any other page still comes as a list of dicts. A page PostHog cannot
+        render raises `PostHogUnrenderablePageError` naming the type (`group_type`, for the
+        message), where the crawl stood and why.
         """
         index = _check_index(group_type_index)
         decode: Callable[[bytes], Any] = jsontext.loads
@@ -233,10 +239,10 @@ class PostHogClient:
                     )
 
             decode = functools.partial(_decode_groups_page, note=note)
-        return self._pager.iter_pages(
+        return _explain_unrenderable(self._pager.iter_pages(
             "groups/", {"group_type_index": index}, shape="keyset", endpoint="groups/",
             decode=decode,
-        )
+        ), index, group_type)
 
     def iter_groups(self, *, group_type_index: int) -> Iterator[dict]:
         """Every group of one type, lazily."""
@@ -450,6 +456,52 @@ class PostHogClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._t.call(method, path, **kwargs)
+
+
+def _explain_unrenderable(pages: Iterator[list], index: int, group_type: str | None
+                          ) -> Iterator[list]:
+    """The pages; a page PostHog answers with a 500 on every attempt (or whose 500 says it cannot
+    render it) becomes an error naming the group type, where the crawl stood, and why.
+
+    PostHog renders with orjson (posthog/renderers.py), which refuses an integer outside
+    [-2^63, 2^64): a group holding one makes its page a 500 for good, though PostHog stored it."""
+    n_pages = n_groups = 0
+    try:
+        for page in pages:
+            yield page
+            n_pages += 1
+            n_groups += len(page)
+    except (PostHogRetryError, PostHogAPIError) as e:
+        if isinstance(e, PostHogRetryError):
+            if not e.last_cause.startswith("500"):
+                raise
+            why = (f"PostHog answered 500 on all {e.attempts} attempts. Its renderer (orjson) "
+                   "refuses an integer outside [-2^63, 2^64), so a group property on this page "
+                   "most likely holds one (PostHog stored it but cannot show it, in its UI too)")
+        elif e.status == 500:
+            why = f"PostHog could not render the page: {e.detail}"
+        else:
+            raise
+        name = f"{index} ({group_type!r})" if group_type is not None else str(index)
+        raise PostHogUnrenderablePageError(
+            f"groups/ of group type {name}: page {n_pages + 1} (after {n_groups} groups read) "
+            f"failed, at {_cursor_position(e.path)}. {why}. Nothing of this sync was published; "
+            "fix or remove that value in PostHog, then re-run."
+        ) from None
+
+
+def _cursor_position(path: str) -> str:
+    """Where a groups/ request stood: its cursor and what the cursor means (after which group)."""
+    cursor = httpx.URL(path).params.get("cursor")
+    if cursor is None:
+        return "the first page (no cursor)"
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = (f"groups after created_at {int(decoded['c'])} us since the epoch, "
+                 f"group_key {decoded['k']!r}")
+    except (ValueError, KeyError, TypeError):
+        after = "a cursor that does not decode"
+    return f"cursor {cursor!r} ({after})"
 
 
 def _check_index(group_type_index: int) -> int:

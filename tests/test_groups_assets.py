@@ -29,3 +29,22 @@ def test_property_values_fetch_every_defined_key_by_default(tmp_path) -> None:
         capped = [r for r in env.sim.request_log[before:]
                   if r.path.endswith("groups/property_values/")]
         assert len(capped) == 2 * 3
+
+
+def test_groups_fails_naming_the_type_cursor_and_reason_when_posthog_cannot_render_a_page(
+        tmp_path) -> None:
+    from tests.helpers import failure_text
+
+    with start_sim(tmp_path, groups_per_type=(250, 30), n_exports=0) as env:
+        ds = env.sim.dataset
+        # stored by PostHog, but its renderer (orjson) refuses it: the page is a 500, every time
+        ds.insert_group(0, "zz-huge", {"n": 2 ** 64})
+        name = ds.group_types()[0]["group_type"]
+        result = env.sync(select=["posthog_group_types", "posthog_groups"], raise_on_error=False)
+        assert not result.success
+        text = failure_text(result)
+        assert f"group type 0 ({name!r})" in text, text
+        assert "cursor" in text and "group_key" in text or "first page" in text, text
+        assert "500 on all" in text and "[-2^63, 2^64)" in text, text
+        pages = [r for r in env.sim.request_log if r.path.endswith("/groups/") and r.status == 500]
+        assert len(pages) > 1  # retried: PostHog's 500 does not say why

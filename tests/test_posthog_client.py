@@ -1554,3 +1554,23 @@ def test_redact_secrets_removes_query_strings_and_keys(line: str, secret: str) -
     from resources.posthog_logging import redact_secrets
 
     assert secret not in redact_secrets(line)
+
+
+def test_iter_group_pages_fails_at_once_when_the_500_says_the_page_cannot_be_rendered(
+    api: Api, make_client: Callable[..., PostHogClient]
+) -> None:
+    from resources.errors import PostHogUnrenderablePageError
+
+    first = {"next": f"{HOST}{BASE}/groups/?group_type_index=2&cursor=eyJjIjogMTcsICJrIjogImsxIn0",
+             "previous": None, "results": [{"group_type_index": 2, "group_key": "k1",
+                                            "group_properties": {}, "created_at": None}]}
+    api.add("GET", f"{BASE}/groups/", jresp(200, first),
+            err(500, "error", "TypeError: Integer exceeds 64-bit range", "server_error"))
+    pages = make_client().iter_group_pages(group_type_index=2, group_type="workspace")
+    assert len(next(pages)) == 1
+    with pytest.raises(PostHogUnrenderablePageError) as info:
+        next(pages)
+    text = str(info.value)
+    assert "group type 2 ('workspace')" in text and "page 2 (after 1 groups read)" in text
+    assert "group_key 'k1'" in text and "Integer exceeds 64-bit range" in text
+    assert len(api.requests) == 2  # not retried

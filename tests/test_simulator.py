@@ -762,14 +762,31 @@ def test_concurrent_property_value_requests_scan_the_groups_once(monkeypatch):
     assert all(r == results[0] for r in results) and results[0]
 
 
-def test_dumps_writes_what_drf_json_writes():
+def test_dumps_renders_as_posthogs_orjson_renderer():
     from posthog_sim.server import dumps
-    values = [{"big": 2 ** 64 + 7, "u64": 2 ** 64 - 1, "small": [1e-05, 5e-07, 1e-10, 0.0001, -0.0, 1e16]},
-              {"sep": "line\u2028sep\u2029", "ctrl": "\x00\x1f", "emoji": "🧨"}, {1: "int key"}]
-    for v in values:
-        want = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-        want = want.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        assert dumps(v) == want.encode()
+    value = {"u64": 2 ** 64 - 1, "i64": -(2 ** 63), "small": [1e-05, 5e-07, 1e-10, 0.0001, -0.0, 1e16],
+             "sep": "line\u2028sep\u2029", "ctrl": "\x00\x1f", "emoji": "🧨", "nan": float("nan")}
+    text = dumps(value)
+    assert "line\u2028sep\u2029".encode() in text  # unescaped, as orjson writes it
+    assert b'"small":[0.00001,5e-7,1e-10,0.0001,-0.0,1e+16]' in text and b'"nan":null' in text
+    assert json.loads(text) == {**value, "nan": None}
+    for unrenderable in (2 ** 64, -(2 ** 63) - 1, {1: "int key"}):
+        with pytest.raises(TypeError):
+            dumps({"v": unrenderable})
+
+
+def test_groups_page_with_an_integer_posthog_cannot_render_is_a_500_every_time(sim_factory):
+    sim = sim_factory(groups_per_type=(5,), n_exports=0)
+    with _client(sim) as c:
+        # stored (Postgres and ClickHouse hold it), but even the create's answer cannot render it
+        r = c.post("/api/projects/1/groups/", json={"group_type_index": 0, "group_key": "huge",
+                                                   "group_properties": {"n": 2 ** 64}})
+        assert r.status_code == 500 and sim.dataset.get_group(0, "huge") is not None
+        for _ in range(3):
+            r = c.get("/api/projects/1/groups/", params={"group_type_index": 0})
+            assert r.status_code == 500
+            assert r.json() == {"type": "server_error", "code": "error",
+                                "detail": "A server error occurred.", "attr": None}
 
 
 def test_precomputed_property_values_are_the_counts_a_first_request_computes():
