@@ -24,12 +24,10 @@ TS = pa.timestamp("us", tz="UTC")
 
 
 def to_json(value: Any) -> str | None:
-    """Serialise a JSON value exactly (big integers, unicode) or None for JSON null.
+    """Serialise a JSON value exactly (big integers, unicode, key order) or None for JSON null.
 
-    The text is what `json.dumps(value, ensure_ascii=False, separators=(",", ":"))` gives, made
-    by orjson where it writes the same (`resources.jsontext`) and by json elsewhere: integers
-    beyond 64 bits, a few small floats, and NaN or Infinity (which the client reads as
-    `jsontext.NonFiniteFloat`).
+    Compact text by orjson, by json where orjson refuses (`resources.jsontext`): integers beyond
+    64 bits, and NaN or Infinity (which the client reads as `jsontext.NonFiniteFloat`).
     """
     if value is None:
         return None

@@ -68,11 +68,8 @@ _CURRENT_SUNSET = "2027-04-30"
 
 
 class RawGroup(msgspec.Struct, forbid_unknown_fields=True):
-    """A group as groups/ lists it, its properties kept as the JSON text the page held.
-
-    Only from a page that `jsontext.is_canonical` accepts, so `group_properties` is exactly the
-    text `json.dumps(properties, ensure_ascii=False, separators=(",", ":"))` writes.
-    """
+    """A group as groups/ lists it, its properties kept as the JSON text the page held (PostHog's
+    own text: the same value, numbers exact and key order kept, never decoded and re-encoded)."""
 
     # an index beyond int64 is no column's: such a page is read the slower way, into `extra`
     group_type_index: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
@@ -91,23 +88,20 @@ _RAW_GROUPS_PAGE = msgspec.json.Decoder(_RawGroupsPage)
 
 def _decode_groups_page(content: bytes, note: Callable[[str, bool], None] | None = None) -> Any:
     """A groups page whose items are `RawGroup`s when every item has exactly the four fields,
-    typed as PostHog types them, non-null properties, and the page is canonical JSON; anything
-    else as `jsontext.loads` reads it (a list of dicts), so nothing unusual is lost or altered.
+    typed as PostHog types them, and non-null properties; anything else as `jsontext.loads`
+    reads it (a list of dicts), so nothing unusual is lost or altered.
 
     `note(why, new_shape)` hears why a page was read the slower way; `new_shape` when its groups
     are not the four fields as PostHog types them (a field added to the API, say)."""
-    new_shape = False
     try:
         page = _RAW_GROUPS_PAGE.decode(content)
     except msgspec.MsgspecError as e:  # not that shape (or not JSON: jsontext.loads says so)
         why, new_shape = f"its groups are not the four fields PostHog lists ({e})", True
     else:
-        if b'"group_properties":null' in content:
-            why = "a group has null group_properties"
-        elif not jsontext.is_canonical(content):
-            why = "the page is not JSON exactly as PostHog writes it (spacing, escapes or numbers)"
-        else:
+        if not any(len(g.group_properties) == 4 and bytes(g.group_properties) == b"null"
+                   for g in page.results):
             return {"next": page.next, "results": page.results}
+        why, new_shape = "a group has null group_properties", False
     result = jsontext.loads(content)
     if note:
         note(why, new_shape)
