@@ -469,11 +469,13 @@ def _explain_unrenderable(pages: Iterator[list], index: int, group_type: str | N
         if isinstance(e, PostHogRetryError):
             if not e.last_cause.startswith("500"):
                 raise
-            why = (f"PostHog answered 500 on all {e.attempts} attempts. Its renderer (orjson) "
-                   "refuses an integer outside [-2^63, 2^64), so a group property on this page "
-                   "most likely holds one (PostHog stored it but cannot show it, in its UI too)")
+            why = (f"{e.method} {e.path} failed after {e.attempts} attempts (last cause: "
+                   f"{e.last_cause}): PostHog answered 500 on all {e.attempts} attempts. A page "
+                   "that fails every time most likely holds a value PostHog cannot render: its "
+                   "renderer (orjson) refuses an integer outside [-2^63, 2^64), which PostHog "
+                   "stores but cannot show, in its UI too")
         elif e.status == 500:
-            why = f"PostHog could not render the page: {e.detail}"
+            why = f"{e.method} {e.path} -> 500: PostHog could not render the page: {e.detail}"
         else:
             raise
         name = f"{index} ({group_type!r})" if group_type is not None else str(index)
