@@ -46,6 +46,16 @@ def iso_us(us: int) -> str:
     return (_EPOCH + _dt.timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
 
 
+def listed_us(us: int) -> int:
+    """A created_at as the groups listing carries it: milliseconds (`.589000Z`).
+
+    groups/ reads ClickHouse, whose groups table keeps created_at to the millisecond (a
+    DateTime64(3)); groups/find reads Postgres, which keeps the microseconds. The listing's
+    order and its cursor are on the millisecond value (ee/clickhouse/views/groups.py encodes
+    `last.created_at` of the listed group), so the cursor stays exact."""
+    return us - us % 1000
+
+
 def iso_s(ts: float) -> str:
     return iso_us(int(round(ts * 1_000_000)))
 
@@ -474,8 +484,10 @@ class Dataset:
         return p
 
     def _sort_key(self, i: int, p: int) -> tuple[int, str]:
+        """A generated group's place in the listing: (its listed created_at, key); distinct ties
+        are seconds apart, so the millisecond keeps the microsecond order."""
         t, j = self._tie(p)
-        return self._created_us(i, t), self._key(i, t, j)
+        return listed_us(self._created_us(i, t)), self._key(i, t, j)
 
     def _gen_group(self, i: int, p: int, c: int | None = None, key: str | None = None) -> dict:
         if c is None or key is None:
@@ -582,7 +594,7 @@ class Dataset:
             g.update(extra)
         g["_c"] = c
         self._ov[i][key] = g
-        bisect.insort(self._ov_sorted[i], (c, key))
+        bisect.insort(self._ov_sorted[i], (listed_us(c), key))
         self._note_keys(i, props)
         return g
 
@@ -630,9 +642,13 @@ class Dataset:
                 oi -= 1
 
     def _materialise(self, i: int, ref, c: int | None = None, k: str | None = None) -> dict:
+        """A group as the listing shows it (c: its listed created_at, in ms)."""
         if isinstance(ref, int):
             return self._gen_group(i, ref, c, k)
-        return _public(ref)
+        g = _public(ref)
+        if c is not None and "created_at" in g:
+            g["created_at"] = iso_us(c)
+        return g
 
     def iter_groups(self, group_type_index: int) -> Iterator[dict]:
         i = group_type_index
@@ -651,8 +667,8 @@ class Dataset:
         return None if p is None else self._gen_group(i, p)
 
     def group_at(self, group_type_index: int, position: int) -> dict:
-        """Generated group at a position (ignores the overlay)."""
-        return self._gen_group(group_type_index, position)
+        """Generated group at a position, as the listing shows it (ignores the overlay)."""
+        return self._gen_group(group_type_index, position, *self._sort_key(group_type_index, position))
 
     def list_groups(self, i: int, cursor: tuple[int, str] | None = None, search: str | None = None,
                     group_key: str | None = None, limit: int = 100) -> tuple[list[dict], tuple[int, str] | None]:

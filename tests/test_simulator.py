@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -146,6 +147,30 @@ def test_search_and_group_key_filters(shared_sim, client):
         "next": None, "previous": None, "results": []}
 
 
+def _listed(group: dict) -> dict:
+    """A group as groups/ lists it: created_at to the millisecond (ClickHouse), where groups/find
+    and create answer with Postgres's microseconds."""
+    us = _us(group["created_at"])
+    listed = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us - us % 1000)
+    return {**group, "created_at": listed.isoformat().replace("+00:00", "Z")}
+
+
+def test_groups_list_carries_milliseconds_find_microseconds_and_the_cursor_holds(sim_factory):
+    sim = sim_factory(groups_per_type=(450,), n_exports=0)
+    ds = sim.dataset
+    with _client(sim) as c:
+        pages, listed = _crawl(c, "/api/projects/1/groups/?group_type_index=0")
+        assert len(pages) > 1 and len(listed) == 450 == len({g["group_key"] for g in listed})
+        assert all(re.fullmatch(r".*T[0-9:]{8}(\.[0-9]{3}000)?Z", g["created_at"]) for g in listed)
+        micro = 0
+        for g in listed:
+            found = c.get("/api/projects/1/groups/find/", params={
+                "group_type_index": 0, "group_key": g["group_key"], "skip_create_notebook": "true"}).json()
+            assert _listed(found) == {**g, "notebook": None}
+            micro += found["created_at"] != g["created_at"]
+        assert micro > 100  # most groups have microseconds the listing does not carry
+
+
 def test_million_groups_start_fast_and_deep_cursor(sim_factory):
     t0 = time.monotonic()
     sim = sim_factory(groups_per_type=(1_000_000,), n_exports=3)
@@ -163,7 +188,8 @@ def test_million_groups_start_fast_and_deep_cursor(sim_factory):
         assert r.status_code == 200 and elapsed < 1.0
         assert body["results"][0] == ds.group_at(0, 500_000)
         assert body["results"][-1] == ds.group_at(0, 500_099)
-        assert ds.get_group(0, body["results"][5]["group_key"]) == body["results"][5]
+        found = ds.get_group(0, body["results"][5]["group_key"])  # Postgres: microseconds
+        assert _listed(found) == body["results"][5]
         last = c.get("/api/projects/1/groups/", params={
             "group_type_index": 0,
             "cursor": encode_cursor(_us(ds.group_at(0, 999_949)["created_at"]), ds.group_at(0, 999_949)["group_key"])})
@@ -643,7 +669,7 @@ def test_insert_group_overlay(sim_factory):
         assert g not in rest and len(page1["results"]) + len(rest) == 350
         # a new crawl sees it first
         _, all_groups = _crawl(c, "/api/projects/1/groups/?group_type_index=0")
-        assert all_groups[0] == g and all_groups == list(ds.iter_groups(0))
+        assert all_groups[0] == _listed(g) and all_groups == list(ds.iter_groups(0))
         # inserted in the middle by created_at
         mid = list(ds.iter_groups(0))[200]
         g2 = ds.insert_group(0, "zzz-tie", {"x": 1}, created_at=mid["created_at"])
@@ -653,7 +679,7 @@ def test_insert_group_overlay(sim_factory):
         assert pos < order.index(mid["group_key"])  # same created_at, larger key -> earlier
         assert listed[pos - 1]["created_at"] != mid["created_at"] and listed[pos + 1]["created_at"] == mid["created_at"]
         _, again = _crawl(c, "/api/projects/1/groups/?group_type_index=0")
-        assert again == list(ds.iter_groups(0)) and g2 in again
+        assert again == list(ds.iter_groups(0)) and _listed(g2) in again
         r = c.get("/api/projects/1/groups/find/", params={"group_type_index": 0, "group_key": "new-org-mid-crawl"})
         assert r.json()["group_properties"] == {"name": "Fresh Co", "employees": 3}
         r = c.post("/api/projects/1/groups/", json={"group_type_index": 1, "group_key": "posted",
