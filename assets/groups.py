@@ -1,6 +1,7 @@
 """Group types, groups, and group property definitions and values."""
 
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -181,11 +182,13 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     if config.keys:
         return {index: list(config.keys) for index in types}
     definitions = store.read_current(
-        GROUP_PROPERTY_DEFINITIONS, columns=["group_type_index", "name", "is_numerical"]
+        GROUP_PROPERTY_DEFINITIONS, columns=["group_type_index", "name", "is_numerical", "extra"]
     ).to_pylist()
     chosen: dict[int, list[str]] = {index: [] for index in types}
     # categorical (non-numerical) keys first: their top-20 values are what people filter on
     for d in sorted(definitions, key=lambda d: (bool(d["is_numerical"]), d["name"] or "")):
+        if d["extra"] and json.loads(d["extra"]).get("virtual") is True:
+            continue  # computed by PostHog at query time (revenue): no group holds a value
         keys = chosen.get(d["group_type_index"])
         if keys is not None and d["name"] and (
                 config.max_keys_per_type is None or len(keys) < config.max_keys_per_type):

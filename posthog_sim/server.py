@@ -47,6 +47,19 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_UTC_Z)
 
 
+# PostHog ends every group type's property definitions with its built-in virtual properties
+# (revenue analytics), `"virtual": true`, counted in `count` (posthog-api.md §11, autumn 2026;
+# the id spelling `$builtin_<name>` is the issue's, not read in PostHog's source)
+_VIRTUAL_GROUP_PROPERTIES = ("$virt_revenue", "$virt_revenue_last_30_days")
+
+
+def virtual_group_properties() -> list[dict]:
+    return [{"id": f"$builtin_{name}", "name": name, "is_numerical": True,
+             "property_type": "Numeric", "tags": [], "is_seen_on_filtered_events": None,
+             "updated_at": None, "verified": False, "virtual": True}
+            for name in _VIRTUAL_GROUP_PROPERTIES]
+
+
 def _reject_constant(literal: str) -> float:
     raise ValueError(f"Out of range float values are not JSON compliant: '{literal}'")
 
@@ -506,7 +519,7 @@ class ApiApp:
                 gti = int(raw)
             except ValueError:
                 return validation("A valid integer is required.", "group_type_index")
-            rows = self.ds.property_definitions(gti)
+            rows = self.ds.property_definitions(gti) + virtual_group_properties()
         elif typ not in ("event", "person", "session"):
             return validation(f'"{typ}" is not a valid choice.', "type", "invalid_choice")
         search = ctx.params.get("search")

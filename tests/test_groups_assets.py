@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs
 
 from tests.helpers import start_sim
@@ -13,7 +14,8 @@ def test_property_values_fetch_every_defined_key_by_default(tmp_path) -> None:
         env.sync(select=["posthog_group_types", "posthog_group_property_definitions",
                          "posthog_group_property_values"])
         defined = set(env.query(
-            "SELECT group_type_index, name FROM posthog.group_property_definitions"))
+            "SELECT group_type_index, name FROM posthog.group_property_definitions "
+            "WHERE extra IS NULL OR NOT coalesce(CAST(extra->>'virtual' AS BOOLEAN), false)"))
         assert len(defined) > 2 * 25  # more than the old cap of 25 per type
         asked = {
             (int(q["group_type_index"][0]), q["key"][0])
@@ -48,3 +50,23 @@ def test_groups_fails_naming_the_type_cursor_and_reason_when_posthog_cannot_rend
         assert "500 on all" in text and "[-2^63, 2^64)" in text, text
         pages = [r for r in env.sim.request_log if r.path.endswith("/groups/") and r.status == 500]
         assert len(pages) > 1  # retried: PostHog's 500 does not say why
+
+
+def test_property_definitions_land_posthogs_virtual_properties_flagged_in_extra(tmp_path) -> None:
+    with start_sim(tmp_path, groups_per_type=(20, 5), n_exports=0) as env:
+        env.sync(select=["posthog_group_types", "posthog_group_property_definitions",
+                         "posthog_group_property_values"])
+        virtual = env.query(
+            "SELECT group_type_index, name, id, is_numerical, extra::VARCHAR "
+            "FROM posthog.group_property_definitions WHERE extra->>'virtual' = 'true' ORDER BY 1, 2")
+        assert [(i, n, pid, num) for i, n, pid, num, _ in virtual] == [
+            (i, n, f"$builtin_{n}", True)
+            for i in (0, 1) for n in ("$virt_revenue", "$virt_revenue_last_30_days")]
+        assert all(json.loads(x)["virtual"] is True for *_, x in virtual)
+        real = env.query("SELECT count(*) FROM posthog.group_property_definitions "
+                         "WHERE extra IS NULL OR extra->>'virtual' IS NULL")[0][0]
+        assert real == sum(len(env.sim.dataset.property_definitions(i)) for i in (0, 1))
+        # no values to ask for: PostHog computes them at query time
+        asked = [parse_qs(r.query)["key"][0] for r in env.sim.request_log
+                 if r.path.endswith("groups/property_values/")]
+        assert asked and not [k for k in asked if k.startswith("$virt_")]

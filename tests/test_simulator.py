@@ -227,7 +227,8 @@ def test_find_property_values_and_definitions(shared_sim, client):
     r = client.get("/api/projects/1/property_definitions/", params={"type": "group", "group_type_index": 0,
                                                                    "limit": 5})
     body = r.json()
-    assert body["count"] == len(defs) and body["results"] == defs[:5] and body["previous"] is None
+    # count includes the 2 virtual properties PostHog appends to the last page
+    assert body["count"] == len(defs) + 2 and body["results"] == defs[:5] and body["previous"] is None
     assert "offset=5" in body["next"]
     body2 = client.get(body["next"]).json()
     assert body2["results"] == defs[5:10] and body2["previous"] is not None
@@ -933,3 +934,19 @@ def test_property_values_are_json_text_counted_over_every_group(sim_factory):
         best = c.get("/api/projects/1/groups/property_values/",
                      params={"group_type_index": 0, "key": "name", "value": "best"}).json()["results"]
         assert best and all(r["name"].startswith('The \\"Best\\" Co') for r in best)
+
+
+def test_group_property_definitions_end_with_posthogs_virtual_properties(sim_factory):
+    sim = sim_factory(groups_per_type=(10,), n_exports=0)
+    stored = sim.dataset.property_definitions(0)
+    with _client(sim) as c:
+        got, url = [], "/api/projects/1/property_definitions/?type=group&group_type_index=0&limit=5"
+        while url:
+            body = c.get(url).json()
+            assert body["count"] == len(stored) + 2
+            got.extend(body["results"])
+            url = body["next"]
+    assert got[:-2] == stored
+    assert [(d["name"], d["id"], d["virtual"], d["is_numerical"]) for d in got[-2:]] == [
+        ("$virt_revenue", "$builtin_$virt_revenue", True, True),
+        ("$virt_revenue_last_30_days", "$builtin_$virt_revenue_last_30_days", True, True)]
