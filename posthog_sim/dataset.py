@@ -390,6 +390,7 @@ class Dataset:
         self._ov: list[dict[str, dict]] = [{} for _ in range(self.n_types)]
         self._ov_extra_keys: list[dict[str, str]] = [{} for _ in range(self.n_types)]
         self._pv_cache: dict[int, dict[str, dict[str, int]]] = {}
+        self._notebooks: dict[tuple[int, str], str] = {}  # groups/find makes them
         self._pv_lock = threading.Lock()
         self._content_cache: OrderedDict[int, bytes] = OrderedDict()
         self._content_cache_bytes = 0
@@ -666,6 +667,15 @@ class Dataset:
         p = self._position_of_key(i, group_key)
         return None if p is None else self._gen_group(i, p)
 
+    def group_notebook(self, group_type_index: int, group_key: str, *, create: bool) -> str | None:
+        """The short id of a group's notebook, made now when `create` and it has none."""
+        with self._lock:
+            short = self._notebooks.get((group_type_index, group_key))
+            if short is None and create:
+                h = hashlib.sha256(f"notebook:{self.seed}:{group_type_index}:{group_key}".encode())
+                short = self._notebooks[(group_type_index, group_key)] = h.hexdigest()[:8]
+            return short
+
     def group_at(self, group_type_index: int, position: int) -> dict:
         """Generated group at a position, as the listing shows it (ignores the overlay)."""
         return self._gen_group(group_type_index, position, *self._sort_key(group_type_index, position))
@@ -686,7 +696,10 @@ class Dataset:
             if s is not None:
                 if k.lower() != s:
                     g = self._materialise(i, ref, c, k)
-                    if s not in json.dumps(g.get("group_properties", {}), ensure_ascii=False).lower():
+                    # PostHog matches the properties' JSON text as ClickHouse holds it: compact
+                    # (posthog/models/group/util.py list_groups, ILIKE on the properties column)
+                    text = json.dumps(g.get("group_properties", {}), ensure_ascii=False, separators=(",", ":"))
+                    if s not in text.lower():
                         continue
             if len(out) == limit:
                 return out, last

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -688,11 +689,13 @@ def test_insert_group_overlay(sim_factory):
         assert r.status_code == 201 and ds.get_group(1, "posted")["group_properties"] == {"a": 1}
         r = c.post("/api/projects/1/groups/", json={"group_type_index": 1, "group_key": "posted"})
         assert r.status_code == 400 and r.json()["attr"] == "detail"
-        # DRF's strict JSON: NaN/Infinity in a body are a parse error, never stored
+        # PostHog's STRICT_JSON is False: NaN/Infinity in a body are read and stored; orjson
+        # renders them as null
         r = c.post("/api/projects/1/groups/", content=b'{"group_type_index": 1, "group_key": "nan", '
-                   b'"group_properties": {"x": NaN}}', headers={"Content-Type": "application/json"})
-        assert r.status_code == 400 and r.json()["code"] == "parse_error" and "NaN" in r.json()["detail"]
-        assert ds.get_group(1, "nan") is None
+                   b'"group_properties": {"x": NaN, "y": -Infinity}}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 201 and r.json()["group_properties"] == {"x": None, "y": None}
+        assert math.isnan(ds.get_group(1, "nan")["group_properties"]["x"])
 
 
 def test_legacy_modes(sim_factory):
@@ -950,3 +953,94 @@ def test_group_property_definitions_end_with_posthogs_virtual_properties(sim_fac
     assert [(d["name"], d["id"], d["virtual"], d["is_numerical"]) for d in got[-2:]] == [
         ("$virt_revenue", "$builtin_$virt_revenue", True, True),
         ("$virt_revenue_last_30_days", "$builtin_$virt_revenue_last_30_days", True, True)]
+
+
+# ============================================================ smaller PostHog behaviours (issue 15 #7)
+def test_video_export_without_a_session_recording_is_a_400(shared_sim, client):
+    for fmt in ("video/mp4", "video/webm", "image/gif"):
+        r = client.post("/api/projects/1/exports/", json={"export_format": fmt, "dashboard": 1,
+                                                          "export_context": {"path": "/x"}})
+        assert r.status_code == 400 and r.json() == {
+            "type": "validation_error", "code": "invalid_input",
+            "detail": "Video export supports session recordings only.", "attr": "export_format"}
+
+
+def test_oauth_access_token_is_an_invalid_access_token(shared_sim):
+    with _client(shared_sim, key="pha_someoauthtoken") as c:
+        r = c.get("/api/projects/1/groups_types/")
+    assert r.status_code == 401 and r.json()["detail"] == "Invalid access token."
+
+
+def test_groups_cursor_without_padding_or_position_restarts_at_page_1(shared_sim, client):
+    first = client.get("/api/projects/1/groups/", params={"group_type_index": 0}).json()
+    last = first["results"][-1]
+    padded = encode_cursor(_us(last["created_at"]), last["group_key"])
+    assert padded.endswith("=") or len(padded) % 4 == 0
+    unpadded = padded.rstrip("=")
+    cases = [encode_cursor(0, last["group_key"]), encode_cursor(-5, last["group_key"])]
+    if unpadded != padded:
+        cases.append(unpadded)
+    for cursor in cases:
+        r = client.get("/api/projects/1/groups/", params={"group_type_index": 0, "cursor": cursor}).json()
+        assert r["results"] == first["results"], cursor
+    assert client.get("/api/projects/1/groups/", params={"group_type_index": 0, "cursor": padded}
+                      ).json()["results"][0] != first["results"][0]
+
+
+def test_property_definitions_without_group_type_index_is_posthogs_error(shared_sim, client):
+    for params in ({"type": "group"}, {"type": "group", "group_type_index": "x"},
+                   {"type": "group", "group_type_index": "7"}):
+        r = client.get("/api/projects/1/property_definitions/", params=params)
+        assert r.status_code == 400 and r.json() == {
+            "type": "validation_error", "code": "invalid",
+            "detail": "group_type_index is required to be at least 0 and less than 5", "attr": None}
+
+
+def test_groups_search_matches_compact_json(shared_sim, client):
+    g = next(g for g in shared_sim.dataset.iter_groups(0) if "industry" in g["group_properties"])
+    compact = f'"industry":"{g["group_properties"]["industry"]}"'
+    r = client.get("/api/projects/1/groups/", params={"group_type_index": 0, "search": compact}).json()
+    assert r["results"] and all(compact in json.dumps(x["group_properties"], separators=(",", ":"))
+                                for x in r["results"])
+    spaced = compact.replace(":", ": ")
+    r = client.get("/api/projects/1/groups/", params={"group_type_index": 0, "search": spaced}).json()
+    assert r["results"] == []
+
+
+def test_content_download_and_direct_accept_only_true(sim_factory):
+    sim = sim_factory(groups_per_type=(1,), n_exports=12, content_mode="direct")
+    png = next(e for e in sim.dataset.exports(1) if e["export_format"] == "image/png" and e["has_content"])
+    with _client(sim) as c:
+        for value, attached in (("true", True), ("1", False), ("yes", False), ("True", False)):
+            r = c.get(f"/api/projects/1/exports/{png['id']}/content/", params={"download": value})
+            assert r.status_code == 200
+            assert ("Content-Disposition" in r.headers) is attached, value
+
+
+def test_throttle_without_a_wait_has_no_retry_after():
+    from posthog_sim.server import throttled_response
+
+    r = throttled_response(None, "groups/")
+    assert json.loads(r.body)["detail"] == "Request was throttled."
+    assert not [h for h, _ in r.headers if h.lower() == "retry-after"]
+
+
+def test_groups_find_creates_a_notebook_unless_told_not_to(sim_factory):
+    sim = sim_factory(groups_per_type=(5,), n_exports=0)
+    key = next(sim.dataset.iter_groups(0))["group_key"]
+    with _client(sim) as c:
+        def find(**extra):
+            return c.get("/api/projects/1/groups/find/",
+                         params={"group_type_index": 0, "group_key": key, **extra}).json()["notebook"]
+        assert find(skip_create_notebook="true") is None
+        made = find()
+        assert isinstance(made, str) and made
+        assert find() == made and find(skip_create_notebook="true") == made
+
+
+def test_environments_404_is_deprecated_only_where_projects_has_the_route(shared_sim, client):
+    known = client.get("/api/environments/1/exports/999999/")
+    assert known.status_code == 404 and known.headers.get("Deprecation") == "true"
+    missing = client.get("/api/environments/1/no_such_thing/")
+    assert missing.status_code == 404 and missing.json()["detail"] == "Endpoint not found."
+    assert "Deprecation" not in missing.headers and "Sunset" not in missing.headers
