@@ -2,7 +2,8 @@
 
 Every field the API returns is kept: the fields the contract names get typed columns, anything
 else (fields PostHog adds later) goes into the `extra` JSON column, so a new field never breaks a
-sync and is never lost.
+sync and is never lost. A value that does not fit its typed column is never coerced: the column
+is NULL and `extra` keeps the original as `<field>_unparsed` (warned once per field per sync).
 """
 
 from __future__ import annotations
@@ -457,7 +458,8 @@ EXPORT_ROWS = TableSpec(
     json_columns=("row",),
     mode="replace_keys",
     key=("export_id",),
-    description="One row per data row of an archived CSV/XLSX export (header order kept).",
+    description="One row per data row of an archived CSV/XLSX export (header order kept), per "
+    "record of a JSON Lines export, per element of a JSON export's array.",
 )
 
 # archive state per export: archived / pending / failed / expired / no_content
