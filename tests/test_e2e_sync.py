@@ -125,9 +125,10 @@ def test_sync_lands_exactly_the_simulators_data(sim_env):
     # the group types are listed once per run: the three assets that need them after
     # posthog_group_types read the snapshot it just published
     assert sim_env.sim.stats()["requests"]["groups_types"] == 1
-    # group property definitions and values landed for every type
+    # group property definitions (and PostHog's 2 virtual ones per type) and values landed for
+    # every type
     defs_count = sim_env.query("SELECT count(*) FROM posthog.group_property_definitions")[0][0]
-    expected_defs = sum(len(sim_env.sim.dataset.property_definitions(t["group_type_index"]))
+    expected_defs = sum(len(sim_env.sim.dataset.property_definitions(t["group_type_index"])) + 2
                         for t in sim_env.sim.dataset.group_types())
     assert defs_count == expected_defs
     assert sim_env.query("SELECT count(*) FROM posthog.group_property_values")[0][0] > 0
