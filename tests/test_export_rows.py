@@ -7,6 +7,8 @@ import csv
 import json
 import time
 
+import dagster as dg
+
 from assets.tabular import CSV_FORMAT, iter_json_rows
 from tests.helpers import expected_export_rows, start_sim
 
@@ -75,3 +77,20 @@ def test_export_contents_never_records_a_dataset_export_as_expired(tmp_path) -> 
         # PostHog 404s retrieve for dataset exports: it is never asked
         assert not [r for r in env.sim.request_log
                     if r.path.rstrip("/").endswith((f"exports/{pending}", f"exports/{gone}"))]
+
+
+def test_exports_keep_a_wrong_typed_field_in_extra_and_warn_once(tmp_path) -> None:
+    with start_sim(tmp_path, groups_per_type=(1,), n_exports=6) as env:
+        ds = env.sim.dataset
+        ids = [e["id"] for e in ds.exports(1)][:3]
+        for export_id in ids:  # PostHog changes a field's type: an object where an id was
+            ds.export_record(export_id).dashboard = {"id": 45}
+        instance = dg.DagsterInstance.ephemeral()
+        result = env.sync(select=["posthog_exports"], instance=instance)
+        rows = env.query("SELECT id, dashboard, extra::VARCHAR FROM posthog.exports "
+                         "WHERE list_contains(?, id) ORDER BY id", [ids])
+        assert [(i, d, json.loads(x)["dashboard_unparsed"]) for i, d, x in rows] == [
+            (i, None, {"id": 45}) for i in sorted(ids)]
+        warned = [e.user_message for e in instance.all_logs(result.run_id)
+                  if "`dashboard`" in (e.user_message or "")]
+        assert len(warned) == 1, warned  # once per field per sync, in the run's log
