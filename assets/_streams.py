@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
+from assets.tables import begin_sync
 from resources.lake import release_memory
 
 T = TypeVar("T")
@@ -217,6 +218,7 @@ def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lak
     time, across processes; a second waits up to `config.lock_timeout_seconds`), and a client."""
     store = lake.get_lake()
     store.remove_dead_leftovers()
+    begin_sync(context.log)  # each misfit field is warned about once per sync
     # What the process holds before the step (Dagster, the imports: some 300k objects) is moved
     # out of the collector's sight for the step: its full collections would otherwise walk all
     # of it, again and again, while pages churn.
@@ -226,6 +228,7 @@ def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lak
                 posthog.get_client(logger=context.log) as client:
             yield store, client
     finally:
+        begin_sync()  # the step's logger ends with the step
         # collected while still frozen: only what the step made is walked (a full collection
         # of the whole heap costs 0.1 s, each step)
         release_memory()

@@ -1,6 +1,7 @@
-"""Exported assets: metadata, archived bytes, parsed CSV/XLSX rows, and requested exports."""
+"""Exported assets: metadata, archived bytes, parsed CSV/XLSX/JSON rows, and requested exports."""
 
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,7 +26,7 @@ from assets.tables import (
     table_metadata,
     to_json,
 )
-from assets.tabular import TABULAR_FORMATS, iter_json_rows
+from assets.tabular import JSONL_FORMAT, TABULAR_FORMATS, iter_json_rows
 from resources.errors import PostHogError, PostHogNotFoundError
 from resources.lake import LakeResource
 from resources.posthog import PostHogResource
@@ -72,7 +73,8 @@ class ContentsConfig(SyncConfig):
         default=4, description="Content downloads in flight at once (all inside the rate budget)."
     )
     parse_tabular: bool = Field(
-        default=True, description="Parse CSV/XLSX contents into posthog.export_rows."
+        default=True,
+        description="Parse CSV/XLSX/JSON/JSON Lines contents into posthog.export_rows.",
     )
 
 
@@ -216,7 +218,7 @@ def posthog_export_contents(
     lake: LakeResource,
 ) -> dg.MaterializeResult:
     """Archives the bytes of every export that has content and is not archived yet
-    (content-addressed under LAKE_ROOT), and parses CSV/XLSX into `posthog.export_rows`.
+    (content-addressed under LAKE_ROOT), and parses CSV/XLSX/JSON into `posthog.export_rows`.
     Endpoint: GET /api/projects/:id/exports/:id/content/ (302 to storage)"""
     synced_at = datetime.now(UTC)
     with asset_sync(context, config, posthog, lake) as (store, client):
@@ -232,6 +234,9 @@ def posthog_export_contents(
                 states[export_id] = ("archived", None)
                 continue
             state, detail = _state(export)
+            if state == "pending" and export.get("listed", True) and _is_dataset_export(export):
+                states[export_id] = ("pending", _DATASET_PENDING)
+                continue
             if state == "pending" and export.get("listed", True):
                 # video exports render asynchronously: one poll per sync tells us if they are ready
                 try:
@@ -273,7 +278,10 @@ def posthog_export_contents(
                         try:
                             download, stored_path = future.result()
                         except PostHogNotFoundError:
-                            states[export_id] = _after_404(client, export_id)
+                            states[export_id] = (
+                                ("pending", "content/ answered 404; " + _DATASET_PENDING)
+                                if _is_dataset_export(export) else _after_404(client, export_id)
+                            )
                             continue
                         except PostHogError as exc:
                             failures.append(f"export {export_id}: {exc}")
@@ -341,6 +349,24 @@ def posthog_export_contents(
             },
         )
     )
+
+
+# PostHog answers 404 to retrieve for a dataset export ("if instance.is_dataset_export and
+# self.action != 'content': raise NotFound()", products/exports/backend/api/exports.py), so only
+# the listing can tell it expired (`listed = false`)
+_DATASET_PENDING = "a dataset export cannot be retrieved; the next listing tells if it expired"
+
+
+def _is_dataset_export(export: dict[str, Any]) -> bool:
+    """A JSON Lines export made by the datasets API (its context names the dataset)."""
+    if export.get("export_format") != JSONL_FORMAT:
+        return False
+    context = export.get("export_context")
+    try:
+        context = json.loads(context) if isinstance(context, str) else context
+    except ValueError:
+        return False
+    return isinstance(context, dict) and "dataset_id" in context
 
 
 def _after_404(client: Any, export_id: int) -> tuple[str, str | None]:

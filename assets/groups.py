@@ -1,6 +1,7 @@
 """Group types, groups, and group property definitions and values."""
 
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -44,11 +45,13 @@ class GroupsConfig(SyncConfig):
 class PropertyValuesConfig(SyncConfig):
     keys: list[str] = Field(
         default_factory=list,
-        description="Property keys to fetch value counts for, in every group type. Empty: the "
-        "first `max_keys_per_type` non-numerical keys of each type's definitions.",
+        description="Property keys to fetch value counts for, in every group type. Empty: every "
+        "key of each type's definitions (non-numerical first, up to `max_keys_per_type`).",
     )
-    max_keys_per_type: int = Field(
-        default=25, description="Cap on keys per group type when `keys` is empty (1 request each)."
+    max_keys_per_type: int | None = Field(
+        default=None,
+        description="Opt-in cap on keys per group type when `keys` is empty (1 request each); "
+        "unset: every defined key.",
     )
     concurrency: int = Field(default=4, description="property_values requests in flight at once.")
 
@@ -97,7 +100,7 @@ def posthog_groups(
         sources = {
             index: (
                 lambda index=index: client.iter_group_pages(
-                    group_type_index=index, raw_properties=True
+                    group_type_index=index, raw_properties=True, group_type=types[index]
                 )
             )
             for index in types
@@ -180,13 +183,16 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     if config.keys:
         return {index: list(config.keys) for index in types}
     definitions = store.read_current(
-        GROUP_PROPERTY_DEFINITIONS, columns=["group_type_index", "name", "is_numerical"]
+        GROUP_PROPERTY_DEFINITIONS, columns=["group_type_index", "name", "is_numerical", "extra"]
     ).to_pylist()
     chosen: dict[int, list[str]] = {index: [] for index in types}
     # categorical (non-numerical) keys first: their top-20 values are what people filter on
     for d in sorted(definitions, key=lambda d: (bool(d["is_numerical"]), d["name"] or "")):
+        if d["extra"] and json.loads(d["extra"]).get("virtual") is True:
+            continue  # computed by PostHog at query time (revenue): no group holds a value
         keys = chosen.get(d["group_type_index"])
-        if keys is not None and d["name"] and len(keys) < config.max_keys_per_type:
+        if keys is not None and d["name"] and (
+                config.max_keys_per_type is None or len(keys) < config.max_keys_per_type):
             keys.append(d["name"])
     return chosen
 

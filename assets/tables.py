@@ -2,11 +2,14 @@
 
 Every field the API returns is kept: the fields the contract names get typed columns, anything
 else (fields PostHog adds later) goes into the `extra` JSON column, so a new field never breaks a
-sync and is never lost.
+sync and is never lost. A value that does not fit its typed column is never coerced: the column
+is NULL and `extra` keeps the original as `<field>_unparsed` (warned once per field per sync).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,12 +26,10 @@ TS = pa.timestamp("us", tz="UTC")
 
 
 def to_json(value: Any) -> str | None:
-    """Serialise a JSON value exactly (big integers, unicode) or None for JSON null.
+    """Serialise a JSON value exactly (big integers, unicode, key order) or None for JSON null.
 
-    The text is what `json.dumps(value, ensure_ascii=False, separators=(",", ":"))` gives, made
-    by orjson where it writes the same (`resources.jsontext`) and by json elsewhere: integers
-    beyond 64 bits, a few small floats, and NaN or Infinity (which the client reads as
-    `jsontext.NonFiniteFloat`).
+    Compact text by orjson, by json where orjson refuses (`resources.jsontext`): integers beyond
+    64 bits, and NaN or Infinity (which the client reads as `jsontext.NonFiniteFloat`).
     """
     if value is None:
         return None
@@ -54,25 +55,65 @@ def parse_ts(value: Any) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+_INT64 = (-(2**63), 2**63 - 1)
+_misfits_lock = threading.Lock()
+_misfits_warned: set[tuple[str, str]] = set()
+_misfits_log: Any = logging.getLogger(__name__)
 
 
-def _str_or_none(value: Any) -> str | None:
+def begin_sync(log: Any = None) -> None:
+    """Start a sync: a field whose value does not fit its column is warned about once again,
+    through `log` (the step's logger) or this module's."""
+    global _misfits_log
+    with _misfits_lock:
+        _misfits_warned.clear()
+        _misfits_log = log if log is not None else logging.getLogger(__name__)
+
+
+def _misfit(table: str, field: str, value: Any, unparsed: dict[str, Any]) -> None:
+    """Keep a value that does not fit its typed column as `<field>_unparsed` in `extra` (its
+    column is then NULL), and warn once per (table, field) per sync."""
+    unparsed[f"{field}_unparsed"] = value
+    with _misfits_lock:
+        if (table, field) in _misfits_warned:
+            return
+        _misfits_warned.add((table, field))
+        log = _misfits_log
+    log.warning(
+        f"posthog.{table}: `{field}` came as {type(value).__name__} {to_json(value)[:80]}, which "
+        f"does not fit its column; kept in `extra` as `{field}_unparsed` (said once per sync)"
+    )
+
+
+def _int(table: str, obj: Mapping[str, Any], field: str, unparsed: dict[str, Any]) -> int | None:
+    """An int64 column: JSON integers only (not true/false, 1.9, "45" or beyond 64 bits)."""
+    value = obj.get(field)
     if value is None:
         return None
-    return value if isinstance(value, str) else to_json(value)
+    if type(value) is int and _INT64[0] <= value <= _INT64[1]:
+        return value
+    _misfit(table, field, value, unparsed)
+    return None
 
 
-def _bool_or_none(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
+def _bool(table: str, obj: Mapping[str, Any], field: str, unparsed: dict[str, Any]) -> bool | None:
+    """A boolean column: JSON true/false only (not "true" or 1)."""
+    value = obj.get(field)
+    if value is None or isinstance(value, bool):
+        return value
+    _misfit(table, field, value, unparsed)
+    return None
+
+
+def _str(table: str, obj: Mapping[str, Any], field: str, unparsed: dict[str, Any], *,
+         key: bool = False) -> str | None:
+    """A text column: JSON strings only. A key column keeps another value's JSON text too (a
+    NULL key would merge distinct rows), and still records the original in `extra`."""
+    value = obj.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    _misfit(table, field, value, unparsed)
+    return to_json(value) if key else None
 
 
 def _extra(obj: Mapping[str, Any], known: frozenset[str], **unparsed: Any) -> str | None:
@@ -83,12 +124,13 @@ def _extra(obj: Mapping[str, Any], known: frozenset[str], **unparsed: Any) -> st
     return to_json(rest) if rest else None
 
 
-def _ts_field(obj: Mapping[str, Any], field: str, unparsed: dict[str, Any]) -> datetime | None:
+def _ts_field(obj: Mapping[str, Any], field: str, unparsed: dict[str, Any], table: str
+              ) -> datetime | None:
     """A timestamp column; a value that does not parse is kept verbatim in `extra`."""
     try:
         return parse_ts(obj.get(field))
     except (ValueError, TypeError):
-        unparsed[f"{field}_unparsed"] = obj.get(field)
+        _misfit(table, field, obj.get(field), unparsed)
         return None
 
 
@@ -125,15 +167,15 @@ _GROUP_TYPE_FIELDS = frozenset((
 
 def group_type_row(obj: Mapping[str, Any]) -> dict[str, Any]:
     unparsed: dict[str, Any] = {}
-    created_at = _ts_field(obj, "created_at", unparsed)
+    t = GROUP_TYPES.name
     return {
-        "group_type_index": _int_or_none(obj.get("group_type_index")),
-        "group_type": _str_or_none(obj.get("group_type")),
-        "name_singular": _str_or_none(obj.get("name_singular")),
-        "name_plural": _str_or_none(obj.get("name_plural")),
-        "detail_dashboard": _int_or_none(obj.get("detail_dashboard")),
+        "group_type_index": _int(t, obj, "group_type_index", unparsed),
+        "group_type": _str(t, obj, "group_type", unparsed),
+        "name_singular": _str(t, obj, "name_singular", unparsed),
+        "name_plural": _str(t, obj, "name_plural", unparsed),
+        "detail_dashboard": _int(t, obj, "detail_dashboard", unparsed),
         "default_columns": to_json(obj.get("default_columns")),
-        "created_at": created_at,
+        "created_at": _ts_field(obj, "created_at", unparsed, t),
         "extra": _extra(obj, _GROUP_TYPE_FIELDS, **unparsed),
     }
 
@@ -163,14 +205,13 @@ _GROUP_FIELDS = frozenset(("group_type_index", "group_key", "group_properties", 
 
 def group_row(obj: Mapping[str, Any], group_type: str | None) -> dict[str, Any]:
     unparsed: dict[str, Any] = {}
-    created_at = _ts_field(obj, "created_at", unparsed)
-    props = obj.get("group_properties")
+    t = GROUPS.name
     return {
-        "group_type_index": _int_or_none(obj.get("group_type_index")),
+        "group_type_index": _int(t, obj, "group_type_index", unparsed),
         "group_type": group_type,
-        "group_key": _str_or_none(obj.get("group_key")),
-        "group_properties": to_json(props if props is not None else {}),
-        "created_at": created_at,
+        "group_key": _str(t, obj, "group_key", unparsed, key=True),
+        "group_properties": to_json(obj.get("group_properties")),  # JSON null is NULL
+        "created_at": _ts_field(obj, "created_at", unparsed, t),
         "extra": _extra(obj, _GROUP_FIELDS, **unparsed),
     }
 
@@ -210,14 +251,20 @@ class GroupColumns:
             properties = pa.array(self._properties, pa.binary()).cast(pa.string())
         except (pa.ArrowInvalid, OverflowError) as e:
             raise LakeError(f"{GROUPS.name}: a row does not fit the schema: {e}") from e
+        created_at = None
         if pc.all(pc.match_substring_regex(created, _POSTHOG_TS)).as_py():
-            created_at = created.cast(TS)
+            try:  # the calendar is Arrow's to check: 2026-02-30 has the shape and no date
+                created_at = created.cast(TS)
+            except pa.ArrowInvalid:
+                created_at = None
+        if created_at is not None:
             extra = pa.nulls(n, pa.string())
         else:
             parsed, extras = [], []
             for value in self._created:
                 unparsed: dict[str, Any] = {}
-                parsed.append(_ts_field({"created_at": value}, "created_at", unparsed))
+                parsed.append(_ts_field({"created_at": value}, "created_at", unparsed,
+                                        GROUPS.name))
                 extras.append(to_json(unparsed) if unparsed else None)
             created_at = pa.array(parsed, TS)
             extra = pa.array(extras, pa.string())
@@ -231,9 +278,10 @@ class GroupColumns:
         return batch
 
 
-# a timestamp as PostHog writes it, which Arrow's cast reads as `parse_ts` does (calendar-checked)
+# a timestamp as PostHog writes it, which Arrow's cast reads as `parse_ts` does (the day of the
+# month is checked by the cast; year 0000 is Arrow's but no Python date)
 _POSTHOG_TS = (
-    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"^([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(\.[0-9]{1,6})?Z$"
 )
 
@@ -264,14 +312,16 @@ _PROPDEF_FIELDS = frozenset(("name", "property_type", "is_numerical", "id"))
 def property_definition_row(
     obj: Mapping[str, Any], group_type_index: int, group_type: str | None
 ) -> dict[str, Any]:
+    unparsed: dict[str, Any] = {}
+    t = GROUP_PROPERTY_DEFINITIONS.name
     return {
         "group_type_index": group_type_index,
         "group_type": group_type,
-        "name": _str_or_none(obj.get("name")),
-        "property_type": _str_or_none(obj.get("property_type")),
-        "is_numerical": _bool_or_none(obj.get("is_numerical")),
-        "id": _str_or_none(obj.get("id")),
-        "extra": _extra(obj, _PROPDEF_FIELDS),
+        "name": _str(t, obj, "name", unparsed, key=True),
+        "property_type": _str(t, obj, "property_type", unparsed),
+        "is_numerical": _bool(t, obj, "is_numerical", unparsed),
+        "id": _str(t, obj, "id", unparsed),
+        "extra": _extra(obj, _PROPDEF_FIELDS, **unparsed),
     }
 
 
@@ -298,13 +348,15 @@ _VALUE_FIELDS = frozenset(("name", "count"))
 def property_value_row(
     obj: Mapping[str, Any], group_type_index: int, group_type: str | None, key: str
 ) -> dict[str, Any]:
+    unparsed: dict[str, Any] = {}
+    t = GROUP_PROPERTY_VALUES.name
     return {
         "group_type_index": group_type_index,
         "group_type": group_type,
         "key": key,
-        "value": _str_or_none(obj.get("name")),
-        "count": _int_or_none(obj.get("count")),
-        "extra": _extra(obj, _VALUE_FIELDS),
+        "value": _str(t, obj, "name", unparsed),
+        "count": _int(t, obj, "count", unparsed),
+        "extra": _extra(obj, _VALUE_FIELDS, **unparsed),
     }
 
 
@@ -357,20 +409,19 @@ _EXPORT_FIELDS = frozenset((
 
 def export_row(obj: Mapping[str, Any], *, seen_at: datetime) -> dict[str, Any]:
     unparsed: dict[str, Any] = {}
-    created_at = _ts_field(obj, "created_at", unparsed)
-    expires_after = _ts_field(obj, "expires_after", unparsed)
+    t = EXPORTS.name
     return {
-        "id": _int_or_none(obj.get("id")),
-        "dashboard": _int_or_none(obj.get("dashboard")),
-        "insight": _int_or_none(obj.get("insight")),
-        "export_format": _str_or_none(obj.get("export_format")),
-        "created_at": created_at,
-        "has_content": _bool_or_none(obj.get("has_content")),
+        "id": _int(t, obj, "id", unparsed),
+        "dashboard": _int(t, obj, "dashboard", unparsed),
+        "insight": _int(t, obj, "insight", unparsed),
+        "export_format": _str(t, obj, "export_format", unparsed),
+        "created_at": _ts_field(obj, "created_at", unparsed, t),
+        "has_content": _bool(t, obj, "has_content", unparsed),
         "export_context": to_json(obj.get("export_context")),
-        "filename": _str_or_none(obj.get("filename")),
-        "expires_after": expires_after,
-        "exception": _str_or_none(obj.get("exception")),
-        "user_access_level": _str_or_none(obj.get("user_access_level")),
+        "filename": _str(t, obj, "filename", unparsed),
+        "expires_after": _ts_field(obj, "expires_after", unparsed, t),
+        "exception": _str(t, obj, "exception", unparsed),
+        "user_access_level": _str(t, obj, "user_access_level", unparsed),
         "extra": _extra(obj, _EXPORT_FIELDS, **unparsed),
         "first_seen_at": seen_at,
         "last_seen_at": seen_at,
@@ -408,7 +459,8 @@ EXPORT_ROWS = TableSpec(
     json_columns=("row",),
     mode="replace_keys",
     key=("export_id",),
-    description="One row per data row of an archived CSV/XLSX export (header order kept).",
+    description="One row per data row of an archived CSV/XLSX export (header order kept), per "
+    "record of a JSON Lines export, per element of a JSON export's array.",
 )
 
 # archive state per export: archived / pending / failed / expired / no_content
@@ -464,19 +516,19 @@ _MEMBER_FIELDS = frozenset((
 
 def explicit_member_row(obj: Mapping[str, Any]) -> dict[str, Any]:
     unparsed: dict[str, Any] = {}
-    joined_at = _ts_field(obj, "joined_at", unparsed)
-    updated_at = _ts_field(obj, "updated_at", unparsed)
+    t = EXPLICIT_MEMBERS.name
     user = obj.get("user")
     user_uuid = user.get("uuid") if isinstance(user, Mapping) else None
     return {
-        "user_uuid": _str_or_none(user_uuid),
-        "id": _str_or_none(obj.get("id")),
-        "level": _int_or_none(obj.get("level")),
-        "parent_level": _int_or_none(obj.get("parent_level")),
-        "effective_level": _int_or_none(obj.get("effective_level")),
-        "parent_membership_id": _str_or_none(obj.get("parent_membership_id")),
-        "joined_at": joined_at,
-        "updated_at": updated_at,
+        # derived from `user`, which keeps the original whatever its type
+        "user_uuid": user_uuid if isinstance(user_uuid, str) else None,
+        "id": _str(t, obj, "id", unparsed),
+        "level": _int(t, obj, "level", unparsed),
+        "parent_level": _int(t, obj, "parent_level", unparsed),
+        "effective_level": _int(t, obj, "effective_level", unparsed),
+        "parent_membership_id": _str(t, obj, "parent_membership_id", unparsed),
+        "joined_at": _ts_field(obj, "joined_at", unparsed, t),
+        "updated_at": _ts_field(obj, "updated_at", unparsed, t),
         "user": to_json(user),
         "extra": _extra(obj, _MEMBER_FIELDS, **unparsed),
     }

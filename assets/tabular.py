@@ -1,10 +1,12 @@
-"""Read archived CSV/XLSX export files as rows of (column name -> cell text), header order kept."""
+"""Read archived export files as rows: CSV/XLSX as (column name -> cell text), header order
+kept; JSON Lines one row per record, a JSON array one row per element (the value as the row)."""
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import io
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -12,9 +14,13 @@ from typing import BinaryIO
 
 import orjson
 
+from resources import jsontext
+
 CSV_FORMAT = "text/csv"
 XLSX_FORMAT = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-TABULAR_FORMATS = frozenset({CSV_FORMAT, XLSX_FORMAT})
+JSON_FORMAT = "application/json"
+JSONL_FORMAT = "application/x-ndjson"
+TABULAR_FORMATS = frozenset({CSV_FORMAT, XLSX_FORMAT, JSON_FORMAT, JSONL_FORMAT})
 
 Source = Path | Callable[[], BinaryIO]
 
@@ -75,6 +81,9 @@ def _open(source: Source) -> BinaryIO:
 
 
 def _csv_rows(source: Source) -> Iterator[list[str | None]]:
+    # the csv module refuses a cell over 128 KiB by default (process-wide); any size is data
+    if csv.field_size_limit() < sys.maxsize:
+        csv.field_size_limit(sys.maxsize)
     # utf-8-sig: PostHog writes plain UTF-8, but a BOM from elsewhere must not end up in a column name
     with _open(source) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
         yield from csv.reader(fh)
@@ -114,11 +123,33 @@ def _workbook_rows(fh: BinaryIO) -> Iterator[list[str | None]]:
         workbook.close()
 
 
+def _jsonl_rows(source: Source) -> Iterator[str]:
+    """Each JSON Lines record as its JSON text (numbers exact, key order kept); blank lines are
+    not records, and a line that is not JSON fails the whole file."""
+    with _open(source) as fh:
+        for line in fh:
+            if line.strip():
+                yield jsontext.dumps(jsontext.loads(line))
+
+
+def _json_document_rows(source: Source) -> Iterator[str]:
+    """A JSON array: one row per element; any other JSON document: one row, the document."""
+    with _open(source) as fh:
+        document = jsontext.loads(fh.read())
+    for value in document if isinstance(document, list) else [document]:
+        yield jsontext.dumps(value)
+
+
 def iter_json_rows(source: Source, export_format: str) -> Iterator[str]:
     """Data rows of a CSV or XLSX file as JSON object text, header order kept (the header row is
-    not a row). ``source`` is a local path or a function opening the file for binary reading."""
+    not a row); of a JSON Lines file, each record; of a JSON file, each element of its array.
+    ``source`` is a local path or a function opening the file for binary reading."""
     if export_format == CSV_FORMAT:
         return _as_json_objects(_csv_rows(source))
     if export_format == XLSX_FORMAT:
         return _as_json_objects(_xlsx_rows(source))
+    if export_format == JSONL_FORMAT:
+        return _jsonl_rows(source)
+    if export_format == JSON_FORMAT:
+        return _json_document_rows(source)
     raise ValueError(f"not a tabular export format: {export_format!r}")

@@ -46,6 +46,16 @@ def iso_us(us: int) -> str:
     return (_EPOCH + _dt.timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
 
 
+def listed_us(us: int) -> int:
+    """A created_at as the groups listing carries it: milliseconds (`.589000Z`).
+
+    groups/ reads ClickHouse, whose groups table keeps created_at to the millisecond (a
+    DateTime64(3)); groups/find reads Postgres, which keeps the microseconds. The listing's
+    order and its cursor are on the millisecond value (ee/clickhouse/views/groups.py encodes
+    `last.created_at` of the listed group), so the cursor stays exact."""
+    return us - us % 1000
+
+
 def iso_s(ts: float) -> str:
     return iso_us(int(round(ts * 1_000_000)))
 
@@ -349,6 +359,17 @@ _GEN = {"name": _g_name, "industry": _g_industry, "plan": _g_plan, "region": _g_
         "domain": _g_domain, "str": _g_str}
 
 
+
+def property_value_text(value: Any) -> str:
+    """A property value as groups/property_values names it: its JSON text, the enclosing quotes
+    of a string trimmed (ClickHouse's `replaceRegexpAll(JSONExtractRaw(...), '^"|"$', '')`)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if text.startswith('"'):
+        text = text[1:]
+    if text.endswith('"'):
+        text = text[:-1]
+    return text
+
 class Dataset:
     def __init__(self, spec: DatasetSpec, now: float | None = None):
         self.spec = spec
@@ -369,6 +390,7 @@ class Dataset:
         self._ov: list[dict[str, dict]] = [{} for _ in range(self.n_types)]
         self._ov_extra_keys: list[dict[str, str]] = [{} for _ in range(self.n_types)]
         self._pv_cache: dict[int, dict[str, dict[str, int]]] = {}
+        self._notebooks: dict[tuple[int, str], str] = {}  # groups/find makes them
         self._pv_lock = threading.Lock()
         self._content_cache: OrderedDict[int, bytes] = OrderedDict()
         self._content_cache_bytes = 0
@@ -463,8 +485,10 @@ class Dataset:
         return p
 
     def _sort_key(self, i: int, p: int) -> tuple[int, str]:
+        """A generated group's place in the listing: (its listed created_at, key); distinct ties
+        are seconds apart, so the millisecond keeps the microsecond order."""
         t, j = self._tie(p)
-        return self._created_us(i, t), self._key(i, t, j)
+        return listed_us(self._created_us(i, t)), self._key(i, t, j)
 
     def _gen_group(self, i: int, p: int, c: int | None = None, key: str | None = None) -> dict:
         if c is None or key is None:
@@ -532,7 +556,8 @@ class Dataset:
             {"huge": "Z" * 100_000, "mixed_type": 42},
             {"mixed_type": "forty-two", "'; DROP TABLE groups; --": "sql"},
             {"mixed_type": {"nested": {"deeper": [1, 2, {"x": None}]}}},
-            {"big": 2 ** 64 + 7, "neg_big": -(2 ** 70), "float": 1e-300, "emoji": "🧨💥", "nul": "a\u0000b"},
+            # the widest integers PostHog's renderer (orjson) writes; beyond them a page is a 500
+            {"big": 2 ** 64 - 1, "neg_big": -(2 ** 63), "float": 1e-300, "emoji": "🧨💥", "nul": "a\u0000b"},
             {"sep": "\u2028\u2029", "ctrl": "\x01\x02\x7f", "empty": "", "empty_obj": {}, "empty_arr": []},
         ]
         for i in range(self.n_types):
@@ -570,7 +595,7 @@ class Dataset:
             g.update(extra)
         g["_c"] = c
         self._ov[i][key] = g
-        bisect.insort(self._ov_sorted[i], (c, key))
+        bisect.insort(self._ov_sorted[i], (listed_us(c), key))
         self._note_keys(i, props)
         return g
 
@@ -618,9 +643,13 @@ class Dataset:
                 oi -= 1
 
     def _materialise(self, i: int, ref, c: int | None = None, k: str | None = None) -> dict:
+        """A group as the listing shows it (c: its listed created_at, in ms)."""
         if isinstance(ref, int):
             return self._gen_group(i, ref, c, k)
-        return _public(ref)
+        g = _public(ref)
+        if c is not None and "created_at" in g:
+            g["created_at"] = iso_us(c)
+        return g
 
     def iter_groups(self, group_type_index: int) -> Iterator[dict]:
         i = group_type_index
@@ -638,9 +667,18 @@ class Dataset:
         p = self._position_of_key(i, group_key)
         return None if p is None else self._gen_group(i, p)
 
+    def group_notebook(self, group_type_index: int, group_key: str, *, create: bool) -> str | None:
+        """The short id of a group's notebook, made now when `create` and it has none."""
+        with self._lock:
+            short = self._notebooks.get((group_type_index, group_key))
+            if short is None and create:
+                h = hashlib.sha256(f"notebook:{self.seed}:{group_type_index}:{group_key}".encode())
+                short = self._notebooks[(group_type_index, group_key)] = h.hexdigest()[:8]
+            return short
+
     def group_at(self, group_type_index: int, position: int) -> dict:
-        """Generated group at a position (ignores the overlay)."""
-        return self._gen_group(group_type_index, position)
+        """Generated group at a position, as the listing shows it (ignores the overlay)."""
+        return self._gen_group(group_type_index, position, *self._sort_key(group_type_index, position))
 
     def list_groups(self, i: int, cursor: tuple[int, str] | None = None, search: str | None = None,
                     group_key: str | None = None, limit: int = 100) -> tuple[list[dict], tuple[int, str] | None]:
@@ -658,7 +696,10 @@ class Dataset:
             if s is not None:
                 if k.lower() != s:
                     g = self._materialise(i, ref, c, k)
-                    if s not in json.dumps(g.get("group_properties", {}), ensure_ascii=False).lower():
+                    # PostHog matches the properties' JSON text as ClickHouse holds it: compact
+                    # (posthog/models/group/util.py list_groups, ILIKE on the properties column)
+                    text = json.dumps(g.get("group_properties", {}), ensure_ascii=False, separators=(",", ":"))
+                    if s not in text.lower():
                         continue
             if len(out) == limit:
                 return out, last
@@ -691,11 +732,13 @@ class Dataset:
         out.sort(key=lambda d: d["name"])
         return out
 
-    # PostHog counts over every group in ClickHouse, cheaply; here each scanned group is generated
-    # in Python (~40 us), so counts cover a sample: enough for realistic top-20 values without the
-    # simulator eating the CPU of the sync it is serving
-    PV_SCAN_LIMIT = 20_000
-
+    # PostHog's groups/property_values (ee/clickhouse/views/groups.py, `property_values`) is one
+    # HogQL query over raw_groups: each group's latest `properties[key]` (argMax by updated_at),
+    # `WHERE value IS NOT NULL`, count(*) per value, `ORDER BY count DESC, value ASC LIMIT 20`.
+    # HogQL reads a property of a JSON string column as ClickHouse's JSONExtractRaw with the outer
+    # quotes trimmed (posthog/hogql/printer.py), so a value is its JSON text: a string loses only
+    # its enclosing quotes and keeps its escapes (`The \"Best\" Co`), a number, boolean, array or
+    # object stays JSON, a JSON null is no value. Counted over every group of the type.
     def _value_counts(self, i: int) -> dict[str, dict[str, int]]:
         with self._lock:
             cached = self._pv_cache.get(i)
@@ -710,13 +753,11 @@ class Dataset:
             if cached is not None:
                 return cached
             counts: dict[str, dict[str, int]] = {}
-            for n_seen, g in enumerate(self.iter_groups(i)):
-                if n_seen >= self.PV_SCAN_LIMIT:
-                    break
+            for g in self.iter_groups(i):
                 for k, v in (g.get("group_properties") or {}).items():
                     if v is None:
                         continue
-                    sv = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+                    sv = property_value_text(v)
                     d = counts.setdefault(k, {})
                     d[sv] = d.get(sv, 0) + 1
             with self._lock:
@@ -725,8 +766,8 @@ class Dataset:
             return counts
 
     def property_values(self, i: int, key: str, value: str | None = None) -> list[dict]:
-        """Top 20 values of a property ({"name","count"}, count DESC, value ASC).
-        For > PV_SCAN_LIMIT groups the counts cover the first PV_SCAN_LIMIT groups in API order."""
+        """Top 20 values of a property ({"name","count"}, count DESC, value ASC) over every group
+        of the type, each value as PostHog's text (`property_value_text`)."""
         if not 0 <= i < self.n_types:
             return []
         d = self._value_counts(i).get(key, {})
@@ -1018,7 +1059,7 @@ class Dataset:
 
     def precompute_property_values(self) -> None:
         """Count every type's property values now (PostHog answers property_values from
-        ClickHouse; the simulator otherwise scans up to PV_SCAN_LIMIT groups per type in Python
+        ClickHouse; the simulator otherwise scans every group of a type in Python
         on the first request, seconds that no real server spends)."""
         for i in range(self.n_types):
             self._value_counts(i)

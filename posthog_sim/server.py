@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from . import _jsontext as jsontext
+import orjson
 
 from . import content as C
 from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
@@ -40,26 +40,30 @@ SIM_STATS_PATH = "/_sim/stats"
 
 # ====================================================================== helpers
 def dumps(obj: Any) -> bytes:
-    """DRF JSONRenderer: compact, unicode, with U+2028/2029 escaped.
-
-    `_jsontext` (a copy of the pipeline's `resources/jsontext.py`) writes it: orjson where that
-    is json's text (a 64 KB page of groups in 0.35 ms, not 0.65, so that a benchmark measures
-    the tool, not the simulator), json elsewhere. There is no NaN to write: DRF's default strict JSON refuses it in request bodies
-    (`loads_body`) as in responses.
-    """
-    s = jsontext.dumps(obj, allow_nan=False)
-    if "\u2028" in s or "\u2029" in s:
-        s = s.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return s.encode("utf-8")
+    """PostHog's renderer: `orjson.dumps(data, option=orjson.OPT_UTC_Z)` (SafeJSONRenderer,
+    posthog/renderers.py). Compact, UTF-8, U+2028/U+2029 unescaped, floats as orjson spells them
+    (`1e-7`, `0.00001`), NaN and Infinity as null. An integer outside [-2^63, 2^64) raises
+    (orjson.JSONEncodeError, a TypeError): PostHog answers that page with a 500, every time."""
+    return orjson.dumps(obj, option=orjson.OPT_UTC_Z)
 
 
-def _reject_constant(literal: str) -> float:
-    raise ValueError(f"Out of range float values are not JSON compliant: '{literal}'")
+# PostHog ends every group type's property definitions with its built-in virtual properties
+# (revenue analytics), `"virtual": true`, counted in `count` (posthog-api.md §11, autumn 2026;
+# the id spelling `$builtin_<name>` is the issue's, not read in PostHog's source)
+_VIRTUAL_GROUP_PROPERTIES = ("$virt_revenue", "$virt_revenue_last_30_days")
+
+
+def virtual_group_properties() -> list[dict]:
+    return [{"id": f"$builtin_{name}", "name": name, "is_numerical": True,
+             "property_type": "Numeric", "tags": [], "is_seen_on_filtered_events": None,
+             "updated_at": None, "verified": False, "virtual": True}
+            for name in _VIRTUAL_GROUP_PROPERTIES]
 
 
 def loads_body(raw: bytes) -> Any:
-    """DRF's JSONParser with STRICT_JSON, DRF's default: NaN/Infinity are a parse error."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """DRF's JSONParser as PostHog configures it: STRICT_JSON is False (posthog/settings/web.py,
+    REST_FRAMEWORK), so NaN and Infinity in a body are read, not refused."""
+    return json.loads(raw)
 
 
 def err_body(type_: str, code: str, detail: str, attr: str | None = None) -> dict:
@@ -71,19 +75,22 @@ def encode_cursor(created_us: int, key: str) -> str:
 
 
 def decode_cursor(raw: str | None) -> tuple[int, str] | None:
-    """PostHog rules: anything undecodable or in the old {"c","i"} format -> page 1 (None)."""
+    """PostHog rules (`_decode_groups_cursor`, ee/clickhouse/views/groups.py): anything
+    undecodable (base64 without its '=' padding too: `urlsafe_b64decode(cursor)` as given) or in
+    the old {"c","i"} format -> page 1 (None); c <= 0 is no position, so page 1 as well."""
     if not raw:
         return None
     try:
-        pad = "=" * (-len(raw) % 4)
-        data = json.loads(base64.urlsafe_b64decode(raw + pad).decode("utf-8"))
+        data = json.loads(base64.urlsafe_b64decode(raw).decode("utf-8"))
         if not isinstance(data, dict) or "k" not in data or "c" not in data:
             return None
         c, k = data["c"], data["k"]
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not isinstance(k, str):
             return None
         c = int(c)
-        if 0 < c < 10**15:
+        if c <= 0:
+            return None
+        if c < 10**15:
             c *= 1000
         return c, k
     except (ValueError, binascii.Error, UnicodeDecodeError, TypeError, OverflowError):
@@ -118,6 +125,9 @@ def endpoint_not_found() -> Response:
     return not_found("Endpoint not found.", "unknown")
 
 
+_ENDPOINT_NOT_FOUND = endpoint_not_found().body
+
+
 def validation(detail: str, attr: str | None, code: str = "invalid_input", endpoint: str = "unknown") -> Response:
     return error(400, "validation_error", code, detail, attr, endpoint)
 
@@ -130,6 +140,9 @@ def s3_error(status: int, code: str, message: str, resource: str = "") -> Respon
 
 
 # ====================================================================== throttling
+NO_WAIT = -1.0  # throttled, and DRF's wait() is None
+
+
 class RateLimiter:
     """DRF SimpleRateThrottle semantics, one history per (key, window)."""
 
@@ -139,7 +152,8 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def check(self, ident: str) -> float | None:
-        """Record the request; return None if allowed, else the wait in seconds (max over refusing windows)."""
+        """Record the request; return None if allowed, else the wait in seconds (max over refusing
+        windows), NO_WAIT when every refusing window's wait() is None."""
         if not self.limits:
             return None
         waits = []
@@ -161,14 +175,19 @@ class RateLimiter:
         if not waits:
             return None
         real = [w for w in waits if w is not None]
-        return max(real) if real else 0.0
+        return max(real) if real else NO_WAIT
 
     def reset(self) -> None:
         with self._lock:
             self._hist.clear()
 
 
-def throttled_response(wait: float, endpoint: str) -> Response:
+def throttled_response(wait: float | None, endpoint: str) -> Response:
+    """DRF's Throttled: with no wait (a throttle whose wait() is None: more requests in its
+    history than its rate allows) the detail is only "Request was throttled." and no Retry-After
+    is sent (rest_framework/exceptions.py Throttled, rest_framework/views.py exception_handler)."""
+    if wait is None:
+        return error(429, "throttled_error", "throttled", "Request was throttled.", None, endpoint)
     w = math.ceil(wait)
     detail = f"Request was throttled. Expected available in {w} second{'' if w == 1 else 's'}."
     return error(429, "throttled_error", "throttled", detail, None, endpoint, [("Retry-After", "%d" % w)])
@@ -228,7 +247,10 @@ class ApiApp:
             resp.headers += [("Deprecation", "true"),
                              ("Link", f'<{succ}>; rel="successor-version"'),
                              ("Sunset", CURRENT_SUNSET)]
-        if prefix == "environments":
+        # the environments rewrite marks a request deprecated only where /api/projects/ has the
+        # same route (posthog/api/__init__.py, the environments rewrite middleware; header values
+        # not confirmed in source): a route neither has is a bare 404
+        if prefix == "environments" and not (resp.status == 404 and resp.body == _ENDPOINT_NOT_FOUND):
             succ = "/api/projects/" + pid_raw + "/" + rest
             if query:
                 succ += "?" + query
@@ -295,8 +317,13 @@ class ApiApp:
         if key is None:
             return error(auth_status, "authentication_error", "not_authenticated",
                          "Authentication credentials were not provided.", None, endpoint, auth_headers)
+        if key.startswith("pha_"):
+            # an OAuth access token (posthog/auth.py, OAuthAccessTokenAuthentication): not one
+            # PostHog issued to this client, so "Invalid access token."
+            return error(401, "authentication_error", "authentication_failed", "Invalid access token.",
+                         None, endpoint, auth_headers)
         info = self.sim.keys.get(key)
-        if info is None or key.startswith("pha_"):
+        if info is None:
             return error(auth_status, "authentication_error", "authentication_failed",
                          f"Personal API key found in request {source} is invalid.", None, endpoint, auth_headers)
         ctx.key, ctx.user_id, ctx.scopes = key, info[0], tuple(info[1])
@@ -316,7 +343,7 @@ class ApiApp:
         wait = self.sim.limiter.check(key)
         if wait is not None:
             self.sim._count_429()
-            return throttled_response(wait, endpoint)
+            return throttled_response(None if wait == NO_WAIT else wait, endpoint)
         if ctx.method not in methods:
             return error(405, "invalid_request", "method_not_allowed", f'Method "{ctx.method}" not allowed.', None,
                          endpoint, [("Allow", ", ".join(sorted(methods)))])
@@ -328,7 +355,7 @@ class ApiApp:
         auth = ctx.headers.get("Authorization")
         if auth:
             parts = auth.split(None, 1)
-            if len(parts) == 2 and parts[0].lower() == "bearer" and not parts[1].startswith("pha_"):
+            if len(parts) == 2 and parts[0].lower() == "bearer":
                 return parts[1].strip(), "Authorization header"
         if ctx.body and ctx.method in ("POST", "PUT", "PATCH"):
             try:
@@ -484,7 +511,10 @@ class ApiApp:
         if g is None:
             return not_found()
         g = dict(g)
-        g["notebook"] = None
+        # find creates the group's notebook unless skip_create_notebook is true
+        # (ee/clickhouse/views/groups.py `find`, str_to_bool; CRM enabled in the simulator)
+        skip = (ctx.params.get("skip_create_notebook") or "").strip().lower() in ("true", "1", "yes", "y", "on")
+        g["notebook"] = self.ds.group_notebook(gti, g["group_key"], create=not skip)
         return json_response(200, g)
 
     def groups_property_values(self, ctx: Ctx) -> Response:
@@ -505,14 +535,19 @@ class ApiApp:
         typ = ctx.params.get("type") or "event"
         rows: list[dict] = []
         if typ == "group":
+            # validate_group_type_index("group_type_index", ..., required=True)
+            # (posthog/models/filters/utils.py): a plain ValidationError, so attr is null
             raw = ctx.params.get("group_type_index")
-            if raw in (None, ""):
-                return validation("group_type_index is required for group properties", "group_type_index")
+            bad = validation("group_type_index is required to be at least 0 and less than 5", None, "invalid")
+            if raw is None:
+                return bad
             try:
                 gti = int(raw)
             except ValueError:
-                return validation("A valid integer is required.", "group_type_index")
-            rows = self.ds.property_definitions(gti)
+                return bad
+            if not 0 <= gti < 5:
+                return bad
+            rows = self.ds.property_definitions(gti) + virtual_group_properties()
         elif typ not in ("event", "person", "session"):
             return validation(f'"{typ}" is not a valid choice.', "type", "invalid_choice")
         search = ctx.params.get("search")
@@ -601,8 +636,10 @@ class ApiApp:
         length = self.ds.export_content_length(eid)
         if length is None:
             return not_found()
-        download = (ctx.params.get("download") or "").lower() in ("true", "1", "yes")
-        direct = (ctx.params.get("direct") or "").lower() in ("true", "1", "yes") and rec.export_format == C.PNG
+        # `request.query_params.get("download") == "true"` and the same for direct
+        # (products/exports/backend/api/exports.py, `content`): only the exact text counts
+        download = ctx.params.get("download") == "true"
+        direct = ctx.params.get("direct") == "true" and rec.export_format == C.PNG
         disposition = f'attachment; filename="{rec.filename}"' if download else None
         if self.cfg.content_mode == "redirect" and not direct:
             url = self.sim.presign(eid, rec.export_format, disposition)
@@ -672,6 +709,10 @@ class ApiApp:
         for sc in need:
             if not self._has_scope(ctx.scopes, sc):
                 return self._missing_scope(sc)
+        if fmt in C.VIDEO_FORMATS and not (isinstance(ctxobj, dict) and ctxobj.get("session_recording_id")):
+            # "recordings-only" (products/exports/backend/api/exports.py, ExportedAssetSerializer
+            # create): ValidationError({"export_format": [...]})
+            return validation("Video export supports session recordings only.", "export_format")
         obj = self.ds.create_export(ctx.user_id, fmt, int(dashboard) if dashboard is not None else None,
                                     int(insight) if insight is not None else None, ctxobj)
         return json_response(201, obj)

@@ -15,6 +15,7 @@ __all__ = [
     "PostHogNotFoundError",
     "PostHogPaginationError",
     "PostHogRetryError",
+    "PostHogUnrenderablePageError",
 ]
 
 _SCOPE_RE = re.compile(r"missing required scope '([^']+)'")
@@ -161,6 +162,15 @@ class PostHogRetryError(PostHogError):
 
 class PostHogPaginationError(PostHogError):
     """A listing could not be walked safely (refused next link, repeated cursor, truncation)."""
+
+
+class PostHogUnrenderablePageError(PostHogError):
+    """PostHog cannot render a listing page: the message names the listing, where in it, and why.
+    """
+
+# orjson's refusal (PostHog renders with orjson, posthog/renderers.py): when a 500's body says it,
+# no retry will help
+UNRENDERABLE_MARKERS = ("Integer exceeds 64-bit range",)
 
 
 def _rebuild(cls: type, state: dict) -> PostHogError:

@@ -9,13 +9,15 @@ request: retries, Retry-After, the shared budget, a host that never answered),
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
@@ -29,6 +31,7 @@ from resources.errors import (
     PostHogEndpointMissingError,
     PostHogPaginationError,
     PostHogRetryError,
+    PostHogUnrenderablePageError,
 )
 from resources.posthog_config import (
     ConnectionSettings,
@@ -65,13 +68,11 @@ _CURRENT_SUNSET = "2027-04-30"
 
 
 class RawGroup(msgspec.Struct, forbid_unknown_fields=True):
-    """A group as groups/ lists it, its properties kept as the JSON text the page held.
+    """A group as groups/ lists it, its properties kept as the JSON text the page held (PostHog's
+    own text: the same value, numbers exact and key order kept, never decoded and re-encoded)."""
 
-    Only from a page that `jsontext.is_canonical` accepts, so `group_properties` is exactly the
-    text `json.dumps(properties, ensure_ascii=False, separators=(",", ":"))` writes.
-    """
-
-    group_type_index: int
+    # an index beyond int64 is no column's: such a page is read the slower way, into `extra`
+    group_type_index: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
     group_key: str
     group_properties: msgspec.Raw
     created_at: str
@@ -87,23 +88,20 @@ _RAW_GROUPS_PAGE = msgspec.json.Decoder(_RawGroupsPage)
 
 def _decode_groups_page(content: bytes, note: Callable[[str, bool], None] | None = None) -> Any:
     """A groups page whose items are `RawGroup`s when every item has exactly the four fields,
-    typed as PostHog types them, non-null properties, and the page is canonical JSON; anything
-    else as `jsontext.loads` reads it (a list of dicts), so nothing unusual is lost or altered.
+    typed as PostHog types them, and non-null properties; anything else as `jsontext.loads`
+    reads it (a list of dicts), so nothing unusual is lost or altered.
 
     `note(why, new_shape)` hears why a page was read the slower way; `new_shape` when its groups
     are not the four fields as PostHog types them (a field added to the API, say)."""
-    new_shape = False
     try:
         page = _RAW_GROUPS_PAGE.decode(content)
     except msgspec.MsgspecError as e:  # not that shape (or not JSON: jsontext.loads says so)
         why, new_shape = f"its groups are not the four fields PostHog lists ({e})", True
     else:
-        if b'"group_properties":null' in content:
-            why = "a group has null group_properties"
-        elif not jsontext.is_canonical(content):
-            why = "the page is not JSON exactly as PostHog writes it (spacing, escapes or numbers)"
-        else:
+        if not any(len(g.group_properties) == 4 and bytes(g.group_properties) == b"null"
+                   for g in page.results):
             return {"next": page.next, "results": page.results}
+        why, new_shape = "a group has null group_properties", False
     result = jsontext.loads(content)
     if note:
         note(why, new_shape)
@@ -207,13 +205,16 @@ class PostHogClient:
         return body
 
     def iter_group_pages(
-        self, *, group_type_index: int, raw_properties: bool = False
+        self, *, group_type_index: int, raw_properties: bool = False,
+        group_type: str | None = None,
     ) -> Iterator[list[dict] | list[RawGroup]]:
         """GET groups/?group_type_index=N, following the keyset `next` links page by page.
 
         With `raw_properties`, a page PostHog wrote plainly (the usual case) comes as a list of
         `RawGroup`: the properties stay the JSON text the page held, never decoded into dicts
-        and encoded again. Any other page still comes as a list of dicts.
+        and encoded again. Any other page still comes as a list of dicts. A page PostHog cannot
+        render raises `PostHogUnrenderablePageError` naming the type (`group_type`, for the
+        message), where the crawl stood and why.
         """
         index = _check_index(group_type_index)
         decode: Callable[[bytes], Any] = jsontext.loads
@@ -232,10 +233,10 @@ class PostHogClient:
                     )
 
             decode = functools.partial(_decode_groups_page, note=note)
-        return self._pager.iter_pages(
+        return _explain_unrenderable(self._pager.iter_pages(
             "groups/", {"group_type_index": index}, shape="keyset", endpoint="groups/",
             decode=decode,
-        )
+        ), index, group_type)
 
     def iter_groups(self, *, group_type_index: int) -> Iterator[dict]:
         """Every group of one type, lazily."""
@@ -449,6 +450,54 @@ class PostHogClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._t.call(method, path, **kwargs)
+
+
+def _explain_unrenderable(pages: Iterator[list], index: int, group_type: str | None
+                          ) -> Iterator[list]:
+    """The pages; a page PostHog answers with a 500 on every attempt (or whose 500 says it cannot
+    render it) becomes an error naming the group type, where the crawl stood, and why.
+
+    PostHog renders with orjson (posthog/renderers.py), which refuses an integer outside
+    [-2^63, 2^64): a group holding one makes its page a 500 for good, though PostHog stored it."""
+    n_pages = n_groups = 0
+    try:
+        for page in pages:
+            yield page
+            n_pages += 1
+            n_groups += len(page)
+    except (PostHogRetryError, PostHogAPIError) as e:
+        if isinstance(e, PostHogRetryError):
+            if not e.last_cause.startswith("500"):
+                raise
+            why = (f"{e.method} {e.path} failed after {e.attempts} attempts (last cause: "
+                   f"{e.last_cause}): PostHog answered 500 on all {e.attempts} attempts. A page "
+                   "that fails every time most likely holds a value PostHog cannot render: its "
+                   "renderer (orjson) refuses an integer outside [-2^63, 2^64), which PostHog "
+                   "stores but cannot show, in its UI too")
+        elif e.status == 500:
+            why = f"{e.method} {e.path} -> 500: PostHog could not render the page: {e.detail}"
+        else:
+            raise
+        name = f"{index} ({group_type!r})" if group_type is not None else str(index)
+        raise PostHogUnrenderablePageError(
+            f"groups/ of group type {name}: page {n_pages + 1} (after {n_groups} groups read) "
+            f"failed, at {_cursor_position(e.path)}. {why}. Nothing of this sync was published; "
+            "fix or remove that value in PostHog, then re-run."
+        ) from None
+
+
+def _cursor_position(path: str) -> str:
+    """Where a groups/ request stood: its cursor and what the cursor means (after which group)."""
+    cursor = httpx.URL(path).params.get("cursor")
+    if cursor is None:
+        return "the first page (no cursor)"
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = (f"groups after created_at {int(decoded['c'])} us since the epoch, "
+                 f"group_key {decoded['k']!r}")
+    except (ValueError, KeyError, TypeError):
+        after = "a cursor that does not decode"
+    return f"cursor {cursor!r} ({after})"
 
 
 def _check_index(group_type_index: int) -> int:

@@ -28,6 +28,7 @@ from resources.errors import (
     PostHogError,
     PostHogNotFoundError,
     PostHogRetryError,
+    UNRENDERABLE_MARKERS,
 )
 from resources.posthog_config import ConnectionSettings
 from resources.posthog_logging import install_http_log_redaction
@@ -406,7 +407,8 @@ class Transport:
         """What a non-2xx answer from PostHog means."""
         status = response.status_code
         code, detail = self._error_fields(response)
-        if status in RETRYABLE_STATUSES:
+        unrenderable = status == 500 and any(m in (detail or "") for m in UNRENDERABLE_MARKERS)
+        if status in RETRYABLE_STATUSES and not unrenderable:
             if status == 429:
                 self.stats.add(throttled=1)
             return Outcome(

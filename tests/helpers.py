@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def start_sim(tmp_path: Path, *, groups_per_type: Sequence[int] = (450, 230, 17)
               n_exports: int = 30, seed: int = 3, faults: FaultSpec | None = None,
               lake_uri: str | None = None, **config: Any) -> Iterator[SimEnv]:
     dataset = DatasetSpec(seed=seed, groups_per_type=tuple(groups_per_type), n_exports=n_exports,
-                          hostile=config.pop("hostile", False))
+                          hostile=config.pop("hostile", False),
+                          dataset_exports=config.pop("dataset_exports", 0),
+                          property_keys_per_type=config.pop("property_keys_per_type", 12))
     cfg = SimConfig(dataset=dataset, faults=faults or FaultSpec(rate=0.0),
                     rate_limits=config.pop("rate_limits", None), **config)
     with Simulator(cfg) as sim:
@@ -109,7 +112,8 @@ def landed_groups(env: SimEnv) -> dict[tuple[int, str], dict[str, Any]]:
         "SELECT group_type_index, group_key, group_properties::VARCHAR, "
         "strftime(created_at AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%f') FROM posthog.groups"
     )
-    return {(i, k): {"group_properties": json.loads(p), "created_at": c} for i, k, p, c in rows}
+    return {(i, k): {"group_properties": json.loads(p) if p is not None else None, "created_at": c}
+            for i, k, p, c in rows}
 
 
 def read_stored(lake_root: Path | str, stored_path: str) -> bytes:
@@ -138,8 +142,30 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(texts)
 
 
+def exact_json(text: str | bytes | None) -> Any:
+    """JSON text read for a semantic comparison: every number exact (non-integers as Decimal, so
+    2^53 + 1 and 1e-7 are compared as written, whatever the spelling), key order kept (objects as
+    lists of pairs), NaN/Infinity as their literal. None (SQL NULL) stays None."""
+    if text is None:
+        return None
+    return json.loads(text, parse_float=Decimal, parse_constant=lambda c: ("constant", c),
+                      object_pairs_hook=list)
+
+
+def exact_json_of(value: Any) -> Any:
+    """`exact_json` of a Python JSON value (what the simulator holds); None stays None."""
+    if value is None:
+        return None
+    return exact_json(json.dumps(value, ensure_ascii=False))
+
+
 def expected_export_rows(content: bytes, fmt: str) -> list[dict]:
     """What posthog.export_rows must hold for these bytes: parsed independently of the asset."""
+    if fmt == "application/x-ndjson":  # one row per JSON Lines record
+        return [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+    if fmt == "application/json":  # one row per element of an array, else the document
+        document = json.loads(content)
+        return document if isinstance(document, list) else [document]
     if fmt == CSV_FORMAT:
         rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
     else:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from assets.tabular import CSV_FORMAT, XLSX_FORMAT
+from assets.tabular import CSV_FORMAT, TABULAR_FORMATS
 from posthog_sim import FaultSpec
 from tests.helpers import (
+    exact_json,
+    exact_json_of,
     expected_export_rows,
     expected_groups,
     failure_text,
@@ -59,14 +61,14 @@ def assert_warehouse_equals_simulator(env) -> None:
     landed = landed_groups(env)
     assert landed.keys() == expected.keys()
     for key, group in expected.items():
-        assert landed[key]["group_properties"] == group["group_properties"], key
+        assert landed[key]["group_properties"] == group.get("group_properties"), key
         assert landed[key]["created_at"] == _parse_ts(group["created_at"]), key
-    # and as text, exactly what json writes (most pages keep the page's own text, see RawGroup)
+    # and as JSON text: the same value exactly (every number, key order, strings), whatever the
+    # spelling (most pages keep PostHog's own text, see RawGroup); a null bag is NULL
     texts = dict(((i, k), p) for i, k, p in env.query(
         "SELECT group_type_index, group_key, group_properties::VARCHAR FROM posthog.groups"))
     for key, group in expected.items():
-        assert texts[key] == json.dumps(group.get("group_properties") or {}, ensure_ascii=False,
-                                        separators=(",", ":")), key
+        assert exact_json(texts[key]) == exact_json_of(group.get("group_properties")), key
 
     # exports metadata: every visible export, every contract field
     exports = {
@@ -102,9 +104,9 @@ def assert_warehouse_equals_simulator(env) -> None:
         assert data == ds.export_content(export_id)
         assert hashlib.sha256(data).hexdigest() == sha256 and len(data) == size
 
-    # CSV and XLSX rows: header order and cell text kept
+    # CSV/XLSX rows (header order and cell text kept), JSON Lines records, JSON array elements
     for export_id, *_rest, fmt in contents:
-        if fmt not in (CSV_FORMAT, XLSX_FORMAT):
+        if fmt not in TABULAR_FORMATS:
             continue
         rows = env.query(
             "SELECT row::VARCHAR FROM posthog.export_rows WHERE export_id = ? ORDER BY row_number",
@@ -123,9 +125,10 @@ def test_sync_lands_exactly_the_simulators_data(sim_env):
     # the group types are listed once per run: the three assets that need them after
     # posthog_group_types read the snapshot it just published
     assert sim_env.sim.stats()["requests"]["groups_types"] == 1
-    # group property definitions and values landed for every type
+    # group property definitions (and PostHog's 2 virtual ones per type) and values landed for
+    # every type
     defs_count = sim_env.query("SELECT count(*) FROM posthog.group_property_definitions")[0][0]
-    expected_defs = sum(len(sim_env.sim.dataset.property_definitions(t["group_type_index"]))
+    expected_defs = sum(len(sim_env.sim.dataset.property_definitions(t["group_type_index"])) + 2
                         for t in sim_env.sim.dataset.group_types())
     assert defs_count == expected_defs
     assert sim_env.query("SELECT count(*) FROM posthog.group_property_values")[0][0] > 0

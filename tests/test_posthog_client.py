@@ -313,19 +313,20 @@ def test_group_pages_read_the_slower_way_say_why_once_per_type(
         # a field PostHog might add later: INFO, once, naming it (newline escaped, not a new line)
         "c1": page((plain % "new")[:-1] + ',"is_new\\nforged":true}', "c2"),
         "c2": page((plain % "new2")[:-1] + ',"is_new\\nforged":false}', "c3"),
-        "c3": page((plain % "spaced").replace(":", ": "), None),  # not canonical: DEBUG only
+        "c3": page((plain % "spaced").replace(":", ": "), "c4"),  # other spacing: still fast
+        "c4": page((plain % "null").replace('{"a":1}', "null"), None),  # null bag: DEBUG only
     }
     api.add("GET", f"{BASE}/groups/",
             lambda r: pages[parse_qs(r.url.query.decode()).get("cursor", [None])[0]])
     with caplog.at_level(logging.DEBUG, logger="resources.posthog_client"):
         got = list(make_client().iter_group_pages(group_type_index=0, raw_properties=True))
-    assert [type(p[0]).__name__ for p in got] == ["RawGroup", "dict", "dict", "dict"]
+    assert [type(p[0]).__name__ for p in got] == ["RawGroup", "dict", "dict", "RawGroup", "dict"]
     assert got[1][0]["is_new\nforged"] is True  # the data is all there
     notes = [r for r in caplog.records if "slower way" in r.getMessage()]
     assert [r.levelno for r in notes] == [logging.INFO, logging.DEBUG]
     assert "type 0" in notes[0].getMessage() and "unknown field" in notes[0].getMessage()
     assert all("\n" not in r.getMessage() for r in notes)
-    assert "not JSON exactly as PostHog writes it" in notes[1].getMessage()
+    assert "null group_properties" in notes[1].getMessage()
 
 
 def test_iter_groups_rebases_http_next_from_tls_host_and_warns(
@@ -1554,3 +1555,23 @@ def test_redact_secrets_removes_query_strings_and_keys(line: str, secret: str) -
     from resources.posthog_logging import redact_secrets
 
     assert secret not in redact_secrets(line)
+
+
+def test_iter_group_pages_fails_at_once_when_the_500_says_the_page_cannot_be_rendered(
+    api: Api, make_client: Callable[..., PostHogClient]
+) -> None:
+    from resources.errors import PostHogUnrenderablePageError
+
+    first = {"next": f"{HOST}{BASE}/groups/?group_type_index=2&cursor=eyJjIjogMTcsICJrIjogImsxIn0",
+             "previous": None, "results": [{"group_type_index": 2, "group_key": "k1",
+                                            "group_properties": {}, "created_at": None}]}
+    api.add("GET", f"{BASE}/groups/", jresp(200, first),
+            err(500, "error", "TypeError: Integer exceeds 64-bit range", "server_error"))
+    pages = make_client().iter_group_pages(group_type_index=2, group_type="workspace")
+    assert len(next(pages)) == 1
+    with pytest.raises(PostHogUnrenderablePageError) as info:
+        next(pages)
+    text = str(info.value)
+    assert "group type 2 ('workspace')" in text and "page 2 (after 1 groups read)" in text
+    assert "group_key 'k1'" in text and "Integer exceeds 64-bit range" in text
+    assert len(api.requests) == 2  # not retried

@@ -7,7 +7,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -146,6 +148,30 @@ def test_search_and_group_key_filters(shared_sim, client):
         "next": None, "previous": None, "results": []}
 
 
+def _listed(group: dict) -> dict:
+    """A group as groups/ lists it: created_at to the millisecond (ClickHouse), where groups/find
+    and create answer with Postgres's microseconds."""
+    us = _us(group["created_at"])
+    listed = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us - us % 1000)
+    return {**group, "created_at": listed.isoformat().replace("+00:00", "Z")}
+
+
+def test_groups_list_carries_milliseconds_find_microseconds_and_the_cursor_holds(sim_factory):
+    sim = sim_factory(groups_per_type=(450,), n_exports=0)
+    ds = sim.dataset
+    with _client(sim) as c:
+        pages, listed = _crawl(c, "/api/projects/1/groups/?group_type_index=0")
+        assert len(pages) > 1 and len(listed) == 450 == len({g["group_key"] for g in listed})
+        assert all(re.fullmatch(r".*T[0-9:]{8}(\.[0-9]{3}000)?Z", g["created_at"]) for g in listed)
+        micro = 0
+        for g in listed:
+            found = c.get("/api/projects/1/groups/find/", params={
+                "group_type_index": 0, "group_key": g["group_key"], "skip_create_notebook": "true"}).json()
+            assert _listed(found) == {**g, "notebook": None}
+            micro += found["created_at"] != g["created_at"]
+        assert micro > 100  # most groups have microseconds the listing does not carry
+
+
 def test_million_groups_start_fast_and_deep_cursor(sim_factory):
     t0 = time.monotonic()
     sim = sim_factory(groups_per_type=(1_000_000,), n_exports=3)
@@ -163,7 +189,8 @@ def test_million_groups_start_fast_and_deep_cursor(sim_factory):
         assert r.status_code == 200 and elapsed < 1.0
         assert body["results"][0] == ds.group_at(0, 500_000)
         assert body["results"][-1] == ds.group_at(0, 500_099)
-        assert ds.get_group(0, body["results"][5]["group_key"]) == body["results"][5]
+        found = ds.get_group(0, body["results"][5]["group_key"])  # Postgres: microseconds
+        assert _listed(found) == body["results"][5]
         last = c.get("/api/projects/1/groups/", params={
             "group_type_index": 0,
             "cursor": encode_cursor(_us(ds.group_at(0, 999_949)["created_at"]), ds.group_at(0, 999_949)["group_key"])})
@@ -201,7 +228,8 @@ def test_find_property_values_and_definitions(shared_sim, client):
     r = client.get("/api/projects/1/property_definitions/", params={"type": "group", "group_type_index": 0,
                                                                    "limit": 5})
     body = r.json()
-    assert body["count"] == len(defs) and body["results"] == defs[:5] and body["previous"] is None
+    # count includes the 2 virtual properties PostHog appends to the last page
+    assert body["count"] == len(defs) + 2 and body["results"] == defs[:5] and body["previous"] is None
     assert "offset=5" in body["next"]
     body2 = client.get(body["next"]).json()
     assert body2["results"] == defs[5:10] and body2["previous"] is not None
@@ -643,7 +671,7 @@ def test_insert_group_overlay(sim_factory):
         assert g not in rest and len(page1["results"]) + len(rest) == 350
         # a new crawl sees it first
         _, all_groups = _crawl(c, "/api/projects/1/groups/?group_type_index=0")
-        assert all_groups[0] == g and all_groups == list(ds.iter_groups(0))
+        assert all_groups[0] == _listed(g) and all_groups == list(ds.iter_groups(0))
         # inserted in the middle by created_at
         mid = list(ds.iter_groups(0))[200]
         g2 = ds.insert_group(0, "zzz-tie", {"x": 1}, created_at=mid["created_at"])
@@ -653,7 +681,7 @@ def test_insert_group_overlay(sim_factory):
         assert pos < order.index(mid["group_key"])  # same created_at, larger key -> earlier
         assert listed[pos - 1]["created_at"] != mid["created_at"] and listed[pos + 1]["created_at"] == mid["created_at"]
         _, again = _crawl(c, "/api/projects/1/groups/?group_type_index=0")
-        assert again == list(ds.iter_groups(0)) and g2 in again
+        assert again == list(ds.iter_groups(0)) and _listed(g2) in again
         r = c.get("/api/projects/1/groups/find/", params={"group_type_index": 0, "group_key": "new-org-mid-crawl"})
         assert r.json()["group_properties"] == {"name": "Fresh Co", "employees": 3}
         r = c.post("/api/projects/1/groups/", json={"group_type_index": 1, "group_key": "posted",
@@ -661,11 +689,13 @@ def test_insert_group_overlay(sim_factory):
         assert r.status_code == 201 and ds.get_group(1, "posted")["group_properties"] == {"a": 1}
         r = c.post("/api/projects/1/groups/", json={"group_type_index": 1, "group_key": "posted"})
         assert r.status_code == 400 and r.json()["attr"] == "detail"
-        # DRF's strict JSON: NaN/Infinity in a body are a parse error, never stored
+        # PostHog's STRICT_JSON is False: NaN/Infinity in a body are read and stored; orjson
+        # renders them as null
         r = c.post("/api/projects/1/groups/", content=b'{"group_type_index": 1, "group_key": "nan", '
-                   b'"group_properties": {"x": NaN}}', headers={"Content-Type": "application/json"})
-        assert r.status_code == 400 and r.json()["code"] == "parse_error" and "NaN" in r.json()["detail"]
-        assert ds.get_group(1, "nan") is None
+                   b'"group_properties": {"x": NaN, "y": -Infinity}}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 201 and r.json()["group_properties"] == {"x": None, "y": None}
+        assert math.isnan(ds.get_group(1, "nan")["group_properties"]["x"])
 
 
 def test_legacy_modes(sim_factory):
@@ -762,14 +792,31 @@ def test_concurrent_property_value_requests_scan_the_groups_once(monkeypatch):
     assert all(r == results[0] for r in results) and results[0]
 
 
-def test_dumps_writes_what_drf_json_writes():
+def test_dumps_renders_as_posthogs_orjson_renderer():
     from posthog_sim.server import dumps
-    values = [{"big": 2 ** 64 + 7, "u64": 2 ** 64 - 1, "small": [1e-05, 5e-07, 1e-10, 0.0001, -0.0, 1e16]},
-              {"sep": "line\u2028sep\u2029", "ctrl": "\x00\x1f", "emoji": "🧨"}, {1: "int key"}]
-    for v in values:
-        want = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-        want = want.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        assert dumps(v) == want.encode()
+    value = {"u64": 2 ** 64 - 1, "i64": -(2 ** 63), "small": [1e-05, 5e-07, 1e-10, 0.0001, -0.0, 1e16],
+             "sep": "line\u2028sep\u2029", "ctrl": "\x00\x1f", "emoji": "🧨", "nan": float("nan")}
+    text = dumps(value)
+    assert "line\u2028sep\u2029".encode() in text  # unescaped, as orjson writes it
+    assert b'"small":[0.00001,5e-7,1e-10,0.0001,-0.0,1e+16]' in text and b'"nan":null' in text
+    assert json.loads(text) == {**value, "nan": None}
+    for unrenderable in (2 ** 64, -(2 ** 63) - 1, {1: "int key"}):
+        with pytest.raises(TypeError):
+            dumps({"v": unrenderable})
+
+
+def test_groups_page_with_an_integer_posthog_cannot_render_is_a_500_every_time(sim_factory):
+    sim = sim_factory(groups_per_type=(5,), n_exports=0)
+    with _client(sim) as c:
+        # stored (Postgres and ClickHouse hold it), but even the create's answer cannot render it
+        r = c.post("/api/projects/1/groups/", json={"group_type_index": 0, "group_key": "huge",
+                                                   "group_properties": {"n": 2 ** 64}})
+        assert r.status_code == 500 and sim.dataset.get_group(0, "huge") is not None
+        for _ in range(3):
+            r = c.get("/api/projects/1/groups/", params={"group_type_index": 0})
+            assert r.status_code == 500
+            assert r.json() == {"type": "server_error", "code": "error",
+                                "detail": "A server error occurred.", "attr": None}
 
 
 def test_precomputed_property_values_are_the_counts_a_first_request_computes():
@@ -865,3 +912,135 @@ def test_issued_keys_have_exactly_their_scopes_per_endpoint(sim_factory):
     with pytest.raises(ValueError):
         sim.issue_key(["group"])
     assert sim.keys[sim.api_key][1] == ("*",)  # the demo's default key keeps every scope
+
+
+# ============================================================ property values as PostHog names them
+def test_property_values_are_json_text_counted_over_every_group(sim_factory):
+    sim = sim_factory(groups_per_type=(20_100,), n_exports=0)
+    groups = list(sim.dataset.iter_groups(0))
+
+    def text(v) -> str:  # JSONExtractRaw, the enclosing quotes of a string trimmed
+        raw = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        return raw[1:-1] if isinstance(v, str) else raw
+
+    with _client(sim) as c:
+        for key in [d["name"] for d in sim.dataset.property_definitions(0)]:
+            counts: dict[str, int] = {}
+            for g in groups:
+                v = g["group_properties"].get(key)
+                if v is not None:
+                    counts[text(v)] = counts.get(text(v), 0) + 1
+            want = sorted(counts.items(), key=lambda nc: (-nc[1], nc[0]))[:20]
+            got = c.get("/api/projects/1/groups/property_values/",
+                        params={"group_type_index": 0, "key": key}).json()["results"]
+            assert [(r["name"], r["count"]) for r in got] == want, key
+        best = c.get("/api/projects/1/groups/property_values/",
+                     params={"group_type_index": 0, "key": "name", "value": "best"}).json()["results"]
+        assert best and all(r["name"].startswith('The \\"Best\\" Co') for r in best)
+
+
+def test_group_property_definitions_end_with_posthogs_virtual_properties(sim_factory):
+    sim = sim_factory(groups_per_type=(10,), n_exports=0)
+    stored = sim.dataset.property_definitions(0)
+    with _client(sim) as c:
+        got, url = [], "/api/projects/1/property_definitions/?type=group&group_type_index=0&limit=5"
+        while url:
+            body = c.get(url).json()
+            assert body["count"] == len(stored) + 2
+            got.extend(body["results"])
+            url = body["next"]
+    assert got[:-2] == stored
+    assert [(d["name"], d["id"], d["virtual"], d["is_numerical"]) for d in got[-2:]] == [
+        ("$virt_revenue", "$builtin_$virt_revenue", True, True),
+        ("$virt_revenue_last_30_days", "$builtin_$virt_revenue_last_30_days", True, True)]
+
+
+# ============================================================ smaller PostHog behaviours (issue 15 #7)
+def test_video_export_without_a_session_recording_is_a_400(shared_sim, client):
+    for fmt in ("video/mp4", "video/webm", "image/gif"):
+        r = client.post("/api/projects/1/exports/", json={"export_format": fmt, "dashboard": 1,
+                                                          "export_context": {"path": "/x"}})
+        assert r.status_code == 400 and r.json() == {
+            "type": "validation_error", "code": "invalid_input",
+            "detail": "Video export supports session recordings only.", "attr": "export_format"}
+
+
+def test_oauth_access_token_is_an_invalid_access_token(shared_sim):
+    with _client(shared_sim, key="pha_someoauthtoken") as c:
+        r = c.get("/api/projects/1/groups_types/")
+    assert r.status_code == 401 and r.json()["detail"] == "Invalid access token."
+
+
+def test_groups_cursor_without_padding_or_position_restarts_at_page_1(shared_sim, client):
+    first = client.get("/api/projects/1/groups/", params={"group_type_index": 0}).json()
+    last = first["results"][-1]
+    padded = encode_cursor(_us(last["created_at"]), last["group_key"])
+    assert padded.endswith("=") or len(padded) % 4 == 0
+    unpadded = padded.rstrip("=")
+    cases = [encode_cursor(0, last["group_key"]), encode_cursor(-5, last["group_key"])]
+    if unpadded != padded:
+        cases.append(unpadded)
+    for cursor in cases:
+        r = client.get("/api/projects/1/groups/", params={"group_type_index": 0, "cursor": cursor}).json()
+        assert r["results"] == first["results"], cursor
+    assert client.get("/api/projects/1/groups/", params={"group_type_index": 0, "cursor": padded}
+                      ).json()["results"][0] != first["results"][0]
+
+
+def test_property_definitions_without_group_type_index_is_posthogs_error(shared_sim, client):
+    for params in ({"type": "group"}, {"type": "group", "group_type_index": "x"},
+                   {"type": "group", "group_type_index": "7"}):
+        r = client.get("/api/projects/1/property_definitions/", params=params)
+        assert r.status_code == 400 and r.json() == {
+            "type": "validation_error", "code": "invalid",
+            "detail": "group_type_index is required to be at least 0 and less than 5", "attr": None}
+
+
+def test_groups_search_matches_compact_json(shared_sim, client):
+    g = next(g for g in shared_sim.dataset.iter_groups(0) if "industry" in g["group_properties"])
+    compact = f'"industry":"{g["group_properties"]["industry"]}"'
+    r = client.get("/api/projects/1/groups/", params={"group_type_index": 0, "search": compact}).json()
+    assert r["results"] and all(compact in json.dumps(x["group_properties"], separators=(",", ":"))
+                                for x in r["results"])
+    spaced = compact.replace(":", ": ")
+    r = client.get("/api/projects/1/groups/", params={"group_type_index": 0, "search": spaced}).json()
+    assert r["results"] == []
+
+
+def test_content_download_and_direct_accept_only_true(sim_factory):
+    sim = sim_factory(groups_per_type=(1,), n_exports=12, content_mode="direct")
+    png = next(e for e in sim.dataset.exports(1) if e["export_format"] == "image/png" and e["has_content"])
+    with _client(sim) as c:
+        for value, attached in (("true", True), ("1", False), ("yes", False), ("True", False)):
+            r = c.get(f"/api/projects/1/exports/{png['id']}/content/", params={"download": value})
+            assert r.status_code == 200
+            assert ("Content-Disposition" in r.headers) is attached, value
+
+
+def test_throttle_without_a_wait_has_no_retry_after():
+    from posthog_sim.server import throttled_response
+
+    r = throttled_response(None, "groups/")
+    assert json.loads(r.body)["detail"] == "Request was throttled."
+    assert not [h for h, _ in r.headers if h.lower() == "retry-after"]
+
+
+def test_groups_find_creates_a_notebook_unless_told_not_to(sim_factory):
+    sim = sim_factory(groups_per_type=(5,), n_exports=0)
+    key = next(sim.dataset.iter_groups(0))["group_key"]
+    with _client(sim) as c:
+        def find(**extra):
+            return c.get("/api/projects/1/groups/find/",
+                         params={"group_type_index": 0, "group_key": key, **extra}).json()["notebook"]
+        assert find(skip_create_notebook="true") is None
+        made = find()
+        assert isinstance(made, str) and made
+        assert find() == made and find(skip_create_notebook="true") == made
+
+
+def test_environments_404_is_deprecated_only_where_projects_has_the_route(shared_sim, client):
+    known = client.get("/api/environments/1/exports/999999/")
+    assert known.status_code == 404 and known.headers.get("Deprecation") == "true"
+    missing = client.get("/api/environments/1/no_such_thing/")
+    assert missing.status_code == 404 and missing.json()["detail"] == "Endpoint not found."
+    assert "Deprecation" not in missing.headers and "Sunset" not in missing.headers
