@@ -827,7 +827,9 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = split.path, split.query
         if path == SIM_STATS_PATH and kind == "api" and method == "GET":
             # simulator-only introspection (benchmarks): never logged, counted or throttled
-            self._write_untracked(Response(200, dumps(sim.bench_stats())))
+            # not a PostHog response: its counters are keyed by status code (int)
+            self._write_untracked(Response(200, orjson.dumps(
+                sim.bench_stats(), option=orjson.OPT_NON_STR_KEYS)))
             return
         body = self._read_body()
         auth = self.headers.get("Authorization")

@@ -1044,3 +1044,15 @@ def test_environments_404_is_deprecated_only_where_projects_has_the_route(shared
     missing = client.get("/api/environments/1/no_such_thing/")
     assert missing.status_code == 404 and missing.json()["detail"] == "Endpoint not found."
     assert "Deprecation" not in missing.headers and "Sunset" not in missing.headers
+
+
+def test_sim_stats_endpoint_serves_its_counters_after_requests(sim_factory):
+    """GET /_sim/stats (benchmarks read it) answers after requests were served: its counters
+    are keyed by status code, which PostHog's renderer (orjson, str keys only) refuses."""
+    import httpx
+
+    sim = sim_factory(groups_per_type=(10,), n_exports=1)
+    httpx.get(f"{sim.api_url}/api/projects/{sim.project_id}/groups_types/",
+              headers={"Authorization": f"Bearer {sim.api_key}"}, timeout=10)
+    stats = httpx.get(f"{sim.api_url}/_sim/stats", timeout=10).json()
+    assert stats["by_status"] == {"200": 1}
