@@ -88,6 +88,8 @@ defs = dg.Definitions(
             requests_per_minute=_env("POSTHOG_REQUESTS_PER_MINUTE", "480"),
             requests_per_hour=_env("POSTHOG_REQUESTS_PER_HOUR", "4800"),
             rate_limit_windows=_env("POSTHOG_RATE_LIMIT_WINDOWS", ""),
+            query_requests_per_hour=_env("POSTHOG_QUERY_REQUESTS_PER_HOUR", "120"),
+            groups_source=_env("POSTHOG_GROUPS_SOURCE", "auto"),
             state_dir=_env("PIPELINE_STATE_DIR", _DEFAULT_STATE_DIR),
         ),
         "lake": LakeResource(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import filelock
 
-__all__ = ["RequestBudget", "budget_bucket"]
+__all__ = ["GENERAL", "QUERY", "RequestBudget", "budget_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,20 @@ CREATE TABLE IF NOT EXISTS pauses (bucket TEXT PRIMARY KEY, until REAL NOT NULL)
 """
 
 
-def budget_bucket(host: str, api_key: str) -> str:
-    """Bucket id for one key on one origin: sha256(host NUL key), so the key is never stored."""
-    return hashlib.sha256(f"{host}\0{api_key}".encode()).hexdigest()
+# PostHog's throttle buckets (posthog/rate_limit.py): the general one every endpoint we list uses
+# (BurstRateThrottle 480/min + SustainedRateThrottle 4800/h), and the query API's own
+# (HogQLQueryThrottle, scope "query", 120/h by default, raised per team on request). A request
+# in one never counts against, nor waits for, the other.
+GENERAL = "general"
+QUERY = "query"
+
+
+def budget_bucket(host: str, api_key: str, scope: str = GENERAL) -> str:
+    """Bucket id for one key on one origin and one of PostHog's throttle scopes:
+    sha256(host NUL key) (the general scope, as before), `:<scope>` appended for the others;
+    the key is never stored."""
+    digest = hashlib.sha256(f"{host}\0{api_key}".encode()).hexdigest()
+    return digest if scope == GENERAL else f"{digest}:{scope}"
 
 
 class RequestBudget:

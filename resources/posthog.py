@@ -8,7 +8,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from resources.budget import RequestBudget, budget_bucket
+from resources.budget import QUERY, RequestBudget, budget_bucket
 from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
 from resources.posthog_config import ConnectionSettings
@@ -78,6 +78,24 @@ class PostHogResource(dg.ConfigurableResource):
             "For PostHog instances with other limits, and for scaled-down test windows."
         ),
     )
+    query_requests_per_hour: str = Field(
+        default="120",
+        description=(
+            "Query API requests per hour for this key across all processes "
+            "(POSTHOG_QUERY_REQUESTS_PER_HOUR): PostHog throttles POST query/ in its own bucket "
+            "(HogQLQueryThrottle, 120/hour by default; PostHog raises it per team on request); "
+            "'0' = unlimited. It never counts against the per-minute/per-hour budget."
+        ),
+    )
+    groups_source: str = Field(
+        default="auto",
+        description=(
+            "How posthog_groups lists groups (POSTHOG_GROUPS_SOURCE), unless its run config says: "
+            "'rest' (GET groups/, 100 per request), 'query' (HogQL through POST query/, up to "
+            "50,000 per request; needs query:read) or 'auto': query for the group types where "
+            "it saves requests when the key has query:read, REST otherwise."
+        ),
+    )
     state_dir: str = Field(
         default="data/lake",
         description="Lake root; the shared request budget is <state_dir>/_state/budget.sqlite.",
@@ -125,10 +143,18 @@ class PostHogResource(dg.ConfigurableResource):
             raise PostHogConfigError("request retry delays must be >= 0 seconds.")
         if not self.state_dir:
             raise PostHogConfigError("state_dir must name the lake root directory.")
+        query_per_hour = _parse_rate(
+            self.query_requests_per_hour, "POSTHOG_QUERY_REQUESTS_PER_HOUR"
+        )
         budget = RequestBudget(
             Path(self.state_dir) / BUDGET_RELPATH,
             budget_bucket(settings.origin, settings.api_key),
             windows,
+        )
+        query_budget = RequestBudget(
+            Path(self.state_dir) / BUDGET_RELPATH,
+            budget_bucket(settings.origin, settings.api_key, QUERY),
+            [(query_per_hour, 3600.0)],
         )
         return PostHogClient(
             settings=settings,
@@ -139,9 +165,20 @@ class PostHogResource(dg.ConfigurableResource):
             retry_base_delay=self.request_retry_delay,
             retry_max_delay=self.request_max_retry_delay,
             budget=budget,
+            query_budget=query_budget,
             transport=transport,
             logger=_RunLog(logger, {}) if logger is not None else None,
         )
+
+
+def parse_groups_source(value: str, where: str = "POSTHOG_GROUPS_SOURCE") -> str:
+    """'rest', 'query' or 'auto' (any case, spaces ignored); PostHogConfigError otherwise."""
+    text = str(value).strip().lower()
+    if text not in ("rest", "query", "auto"):
+        raise PostHogConfigError(
+            f"{where}={value!r} is not a groups source; use rest, query or auto."
+        )
+    return text
 
 
 def _parse_rate(value: str, env_var: str) -> int:
