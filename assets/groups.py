@@ -165,16 +165,15 @@ def posthog_groups(
             # One query at a time per key, as PostHog asks of the query API: the types go one
             # after another, and a page is written (and let go) before the next is fetched.
             for index in query_types:
-                for page in queries.iter_group_pages(
+                for part in queries.iter_group_pages(
                     group_type_index=index, limit=config.query_page_rows
                 ):
-                    for start in range(0, len(page), _QUERY_SLICE_ROWS):
-                        gathered.add(page[start:start + _QUERY_SLICE_ROWS], types[index])
-                        _write_gathered(writer, gathered, preview)
-                    per_type[f"{index}:{types[index]}"] += len(page)
-                    pages_by_type[index] += 1
-                    del page
+                    gathered.add(part, types[index])
+                    _write_gathered(writer, gathered, preview)
+                    per_type[f"{index}:{types[index]}"] += len(part)
+                    del part
                     progress.update(groups=writer.rows_written)
+                pages_by_type[index] = queries.requests.get(index, 0)
             paths = {}
             for index in types:
                 name = f"{index}:{types[index]}"
@@ -205,10 +204,6 @@ def posthog_groups(
             },
         )
     )
-
-
-# a query page (up to 50,000 groups) goes to Arrow this many at a time
-_QUERY_SLICE_ROWS = 5_000
 
 
 def _plan(context: dg.AssetExecutionContext, queries: QueryGroups, types: dict[int, str | None],

@@ -129,6 +129,7 @@ class QueryGroups:
         self._client = client
         self._t = client._t  # noqa: SLF001 - the same package's transport
         self.path = client._path("query/")  # noqa: SLF001
+        self.requests: dict[int, int] = {}  # query pages fetched per group type
 
     def _query(self, hogql: str, values: dict[str, Any], decode) -> Any:
         body: dict[str, Any] = {"kind": "HogQLQuery", "query": hogql}
@@ -151,12 +152,14 @@ class QueryGroups:
         return {int(index): int(n) for index, n in page.results}
 
     def iter_group_pages(
-        self, *, group_type_index: int, limit: int = MAX_QUERY_ROWS
+        self, *, group_type_index: int, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000
     ) -> Iterator[list[RawGroup]]:
-        """Every group of one type, a page (up to `limit` groups) at a time, as `RawGroup`s
-        whose properties are the warehouse's JSON text (json's exact spelling, as the REST
-        path lands them). Only the page being handed out is held: the next is fetched when
-        the caller asks for it."""
+        """Every group of one type as `RawGroup`s whose properties are the warehouse's JSON
+        text (json's exact spelling, as the REST path lands them), handed out `slice_rows` at a
+        time from pages of up to `limit`. Only one page is held: its rows become `RawGroup`s a
+        slice at a time (the decoded rows of a slice are let go as it is handed out), and the
+        next page is fetched when the caller asks for more. `requests[index]` counts the pages.
+        """
         if isinstance(group_type_index, bool) or not isinstance(group_type_index, int):
             raise TypeError("group_type_index must be an int")
         if not 1 <= limit <= MAX_QUERY_ROWS:
@@ -170,33 +173,38 @@ class QueryGroups:
             if cursor is not None:
                 values["after_created_at"], values["after_key"] = cursor
             page = self._query(hogql, values, decode)
+            self.requests[group_type_index] = self.requests.get(group_type_index, 0) + 1
             if not isinstance(page, _QueryPage):
                 raise PostHogPaginationError(
                     f"POST {self.path} (groups of type {group_type_index}) returned no "
                     f"[key, created_at, properties] rows: {str(page)[:200]}"
                 )
             rows = page.results
-            if len(rows) > limit:
+            del page
+            n = len(rows)
+            if n > limit:
                 raise PostHogPaginationError(
-                    f"POST {self.path}: {len(rows)} rows for LIMIT {limit}; refusing a page "
-                    "that does not match its query."
+                    f"POST {self.path}: {n} rows for LIMIT {limit}; refusing a page that does "
+                    "not match its query."
                 )
-            self._client.stats.add(pages=1, items=len(rows))
+            self._client.stats.add(pages=1, items=n)
             last = (rows[-1][1], rows[-1][0]) if rows else None
             if cursor is not None and last == cursor:
                 raise PostHogPaginationError(
                     f"POST {self.path}: the keyset page after {cursor!r} repeated it; stopping "
                     "rather than loop."
                 )
-            groups = [
-                RawGroup(group_type_index, key, msgspec.Raw(_properties_text(props)), created)
-                for key, created, props in rows
-            ]
-            del rows, page
-            done = len(groups) < limit or last is None
-            yield groups
-            del groups
-            if done:
+            for start in range(0, n, slice_rows):
+                end = min(start + slice_rows, n)
+                groups = [
+                    RawGroup(group_type_index, key, msgspec.Raw(_properties_text(props)), created)
+                    for key, created, props in rows[start:end]
+                ]
+                rows[start:end] = [None] * (end - start)  # let the decoded rows go
+                yield groups
+                del groups
+            del rows
+            if n < limit or last is None:
                 return
             first, cursor = False, last
 

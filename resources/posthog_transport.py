@@ -90,7 +90,6 @@ class ClientStats:
                 "bytes_downloaded": self.bytes_downloaded,
                 "waited_for_budget_s": round(self.waited_for_budget_s, 3),
                 "by_endpoint": dict(sorted(self.by_endpoint.items())),
-                "requests_by_bucket": dict(sorted(self.by_bucket.items())),
             }
 
 
@@ -427,11 +426,16 @@ class Transport:
         status = response.status_code
         code, detail = self._error_fields(response)
         if status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if status == 429:
                 self.stats.add(throttled=1)
+                note = getattr(self.budget_for(call), "note_throttled", None)
+                if note is not None:
+                    # the server allows less than we thought: it is learned, in this bucket
+                    note(retry_after)
             return Outcome(
                 retry_cause=f"{status} {code}" if code else str(status),
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after,
                 status=status,
                 # Throttling runs before the view, and 408 means the request never arrived whole.
                 replay_safe=call.idempotent or status in (408, 429),

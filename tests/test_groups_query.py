@@ -45,8 +45,15 @@ def test_query_groups_pages_equal_the_rest_listing(sim_factory):
         assert queries.count_groups() == {0: 2_361, 1: 23, 2: 16}
         for index in (0, 1, 2):
             # a small page size: page ends fall inside runs of groups sharing a created_at
-            pages = list(queries.iter_group_pages(group_type_index=index, limit=97))
-            assert all(len(p) == 97 for p in pages[:-1]) and len(pages[-1]) < 97
+            pages = list(queries.iter_group_pages(group_type_index=index, limit=97,
+                                                  slice_rows=50))
+            total = sum(len(p) for p in pages)
+            page_sizes = [97] * (total // 97) + [total % 97]
+            assert [len(p) for p in pages] == [
+                n for size in page_sizes for n in ([min(50, size), size - 50][:1 + (size > 50)])
+                if n
+            ]
+            assert queries.requests[index] == len(page_sizes)
             got = [(g.group_key, g.created_at, json.loads(bytes(g.group_properties)))
                    for p in pages for g in p]
             want = [(g["group_key"], g["created_at"], g.get("group_properties") or {})
