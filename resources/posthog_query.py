@@ -13,23 +13,31 @@ slow anyway: pages are keyset pages over (created_at DESC, key DESC), the order 
 the REST listing (ee/clickhouse/views/groups.py), so a group created mid-crawl lands above the
 cursor and is left for the next sync, as with REST, and none is read twice or skipped.
 
+A page is streamed and parsed as it arrives (ijson), so the rows held are a slice of it, never
+the page; a page broken off mid-body resumes after the last row read.
+
 Values go in as HogQL placeholders (`{name}`, HogQLQuery.values), never spliced into the text:
 a group key may hold quotes, backslashes or newlines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+import ijson
 import msgspec
 
 from resources import jsontext
 from resources.budget import QUERY
-from resources.errors import PostHogPaginationError
+from resources.errors import PostHogPaginationError, PostHogRetryError
 from resources.posthog_client import PostHogClient, RawGroup
+from resources.posthog_transport import Call, Outcome
 
 __all__ = [
     "GROUPS_COUNT_HOGQL",
@@ -94,19 +102,10 @@ def plan_source(index: int, groups: int, *, limit: int, min_saved: int) -> TypeP
     return TypePlan(index, source, groups, rest, query)
 
 
-class _QueryPage(msgspec.Struct):
-    """The parts of PostHog's HogQLQueryResponse we read; the rest of the envelope (columns,
-    types, hogql, clickhouse, timings, limit, offset, ...) is skipped unread."""
-
-    results: list[tuple[str, str, str | None]]
-    hasMore: bool | None = None  # noqa: N815 - PostHog's field name
-
-
 class _CountPage(msgspec.Struct):
     results: list[tuple[int, int]]
 
 
-_PAGE = msgspec.json.Decoder(_QueryPage)
 _COUNT = msgspec.json.Decoder(_CountPage)
 
 
@@ -156,57 +155,145 @@ class QueryGroups:
     ) -> Iterator[list[RawGroup]]:
         """Every group of one type as `RawGroup`s whose properties are the warehouse's JSON
         text (json's exact spelling, as the REST path lands them), handed out `slice_rows` at a
-        time from pages of up to `limit`. Only one page is held: its rows become `RawGroup`s a
-        slice at a time (the decoded rows of a slice are let go as it is handed out), and the
-        next page is fetched when the caller asks for more. `requests[index]` counts the pages.
+        time from pages of up to `limit` rows.
+
+        A page is streamed: its body is parsed as it arrives (ijson) and only the rows of the
+        slice being gathered are held, never the whole page (a 50,000-row page is some 35 MB
+        of JSON). A page broken off mid-body (a reset, a truncation) is not retried from its
+        start: the next query starts after the last row read, which the keyset makes exact.
+        Only a page read to its end with fewer than `limit` rows ends the walk.
+        `requests[index]` counts the queries sent.
         """
         if isinstance(group_type_index, bool) or not isinstance(group_type_index, int):
             raise TypeError("group_type_index must be an int")
         if not 1 <= limit <= MAX_QUERY_ROWS:
             raise ValueError(f"limit must be 1..{MAX_QUERY_ROWS} (PostHog's row cap)")
-        decode = _decoder(_PAGE)
         values: dict[str, Any] = {"group_type_index": group_type_index}
-        first = True
         cursor: tuple[str, str] | None = None
+        failures = 0
         while True:
-            hogql = GROUPS_PAGE_HOGQL(first=first, limit=limit)
             if cursor is not None:
                 values["after_created_at"], values["after_key"] = cursor
-            page = self._query(hogql, values, decode)
+            query = {"kind": "HogQLQuery",
+                     "query": GROUPS_PAGE_HOGQL(first=cursor is None, limit=limit),
+                     "values": dict(values)}
+            response = self._open_stream(query)
             self.requests[group_type_index] = self.requests.get(group_type_index, 0) + 1
-            if not isinstance(page, _QueryPage):
-                raise PostHogPaginationError(
-                    f"POST {self.path} (groups of type {group_type_index}) returned no "
-                    f"[key, created_at, properties] rows: {str(page)[:200]}"
+            n = 0
+            gathered: list[RawGroup] = []
+            reader = _BodyReader(response)
+            try:
+                with contextlib.closing(response):
+                    for row in ijson.items(reader, "results.item"):
+                        key, created, props = _row(row)
+                        gathered.append(RawGroup(group_type_index, key,
+                                                 msgspec.Raw(_properties_text(props)), created))
+                        n += 1
+                        cursor = (created, key)
+                        if len(gathered) >= slice_rows:
+                            self._client.stats.add(items=len(gathered))
+                            yield gathered
+                            gathered = []
+                if not reader.saw_results:
+                    raise _BadPage("the body has no 'results' array")
+            except (httpx.TransportError, ijson.JSONError, _BadPage) as exc:
+                failures += 1
+                cause = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if failures > self._t.max_retries:
+                    raise PostHogRetryError(
+                        method="POST", path=self.path, attempts=failures,
+                        last_cause=f"a query page broke off ({cause})",
+                    ) from None
+                delay = min(self._t.retry_base_delay * 2 ** (failures - 1),
+                            self._t.retry_max_delay)
+                delay = delay / 2 + random.uniform(0.0, delay / 2)
+                self._client.stats.add(retries=1)
+                self._t.log.info(
+                    "POST %s (groups of type %d): the page broke off after %d rows (%s); "
+                    "querying again after the last row read, retry %d/%d in %.2fs",
+                    self.path, group_type_index, n, cause, failures, self._t.max_retries, delay,
                 )
-            rows = page.results
-            del page
-            n = len(rows)
+                if gathered:
+                    self._client.stats.add(items=len(gathered))
+                    yield gathered
+                    gathered = []
+                self._t.sleep(delay)
+                continue
+            failures = 0
             if n > limit:
                 raise PostHogPaginationError(
                     f"POST {self.path}: {n} rows for LIMIT {limit}; refusing a page that does "
                     "not match its query."
                 )
-            self._client.stats.add(pages=1, items=n)
-            last = (rows[-1][1], rows[-1][0]) if rows else None
-            if cursor is not None and last == cursor:
-                raise PostHogPaginationError(
-                    f"POST {self.path}: the keyset page after {cursor!r} repeated it; stopping "
-                    "rather than loop."
-                )
-            for start in range(0, n, slice_rows):
-                end = min(start + slice_rows, n)
-                groups = [
-                    RawGroup(group_type_index, key, msgspec.Raw(_properties_text(props)), created)
-                    for key, created, props in rows[start:end]
-                ]
-                rows[start:end] = [None] * (end - start)  # let the decoded rows go
-                yield groups
-                del groups
-            del rows
-            if n < limit or last is None:
+            self._client.stats.add(pages=1, items=len(gathered))
+            if gathered:
+                yield gathered
+            del gathered
+            if n < limit:
                 return
-            first, cursor = False, last
+
+    def _open_stream(self, query: dict[str, Any]) -> httpx.Response:
+        """POST the query and return the 200 response with its body unread; everything before
+        the body (429, 5xx, a refused connection, ...) is retried by the transport's policy."""
+        t = self._t
+        call = Call("POST", self.path, "query/", idempotent=True, bucket=QUERY)
+
+        def attempt() -> Outcome:
+            t.begin_attempt(call)
+            request = t.api_request("POST", self.path, json_body={"query": query})
+            try:
+                response = t.http.send(request, stream=True)
+            except httpx.RequestError as exc:
+                return t.transport_outcome(call, exc)
+            t.heard_from_posthog(call, response)
+            if 200 <= response.status_code < 300:
+                return Outcome(value=response, status=response.status_code)
+            try:
+                response.read()
+            except httpx.RequestError as exc:
+                return t.transport_outcome(call, exc)
+            finally:
+                response.close()
+            return t.status_outcome(call, response)
+
+        return t.run(call, attempt)
+
+
+class _BadPage(ValueError):
+    """A 200 whose body is not the query page asked for (retried, then refused)."""
+
+
+def _row(row: Any) -> tuple[str, str, str | None]:
+    if (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+            and isinstance(row[1], str) and (row[2] is None or isinstance(row[2], str))):
+        return row[0], row[1], row[2]
+    raise _BadPage(f"a row is not [key, created_at, properties]: {str(row)[:100]}")
+
+
+class _BodyReader:
+    """A file-like view of a streamed body for ijson, noting whether a top-level `results`
+    array began (a 200 without one must not read as an empty, final page)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._chunks = response.iter_bytes(64 * 1024)
+        self._buffer = b""
+        self._tail = b""
+        self.saw_results = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            if not self.saw_results:
+                self.saw_results = b'"results":[' in self._tail + chunk
+                self._tail = chunk[-16:]
+            self._buffer = chunk
+        if size < 0 or size >= len(self._buffer):
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
 
 
 def _properties_text(text: str | None) -> bytes:

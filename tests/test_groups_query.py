@@ -257,3 +257,15 @@ def test_groups_auto_takes_query_for_large_types_and_says_so(tmp_path):
         logs = _logs(instance, result)
         assert any("type 0:organization took the query API path: 2,500 groups in 1 query "
                    "request" in m for m in logs)
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset_during", "bad_json", "empty_200",
+                                   "bad_length", "429", "503"])
+def test_query_groups_pages_survive_each_fault_class(sim_factory, fault):
+    sim = sim_factory(groups_per_type=(700,), n_exports=0)
+    sim.inject(fault, r"/query/$", times=2)
+    with _client(sim) as client:
+        got = [g.group_key for p in QueryGroups(client).iter_group_pages(
+            group_type_index=0, limit=300) for g in p]
+    assert got == [g["group_key"] for g in sim.dataset.iter_groups(0)]
+    assert sum(1 for r in sim.request_log if r.fault == fault) == 2
