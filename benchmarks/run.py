@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-groups", type=int, default=1_000_000)
     p.add_argument("--real-rest-groups", type=int, default=100_000,
                    help="REST at real limits takes hours at 1M: run it at this size and project")
+    p.add_argument("--groups-source", default="",
+                   help="POSTHOG_GROUPS_SOURCE for our sync in the size runs (default: auto)")
     p.add_argument("--mismatch", action="store_true",
                    help="only the mismatch scenario: the server enforces --mismatch-windows while "
                         "our budget is configured for PostHog's defaults")
@@ -467,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                     order = tools if rep % 2 == 0 else list(reversed(tools))
                     for tool in order:
                         second = tool == "ours" and rep == 0 and size == sizes[0] and "second" not in skip
+                        extra = {"POSTHOG_GROUPS_SOURCE": a.groups_source} if a.groups_source else None
                         out["runs"].append(run_one(tool, size, a.types, a.exports, base,
-                                                   tag=f"{size}-r{rep}", second_sync=second))
+                                                   tag=f"{size}-r{rep}", second_sync=second,
+                                                   env_extra=extra))
                         save()
         if "ratelimit" not in skip and "ours" in tools:
             print(f"== rate-limited: {a.rl_groups:,} groups, {a.rl_exports} exports, windows {a.rate_limit}",
