@@ -101,7 +101,8 @@ def handle(app: "ApiApp", ctx: "Ctx") -> "Response":
     text = query.get("query")
     values = query.get("values") or {}
     if not isinstance(text, str) or not isinstance(values, dict):
-        return _unsupported("HogQLQuery needs 'query' (a string) and optional 'values' (an object).")
+        return _unsupported(
+            "HogQLQuery needs 'query' (a string) and optional 'values' (an object).")
     norm = " ".join(text.split())
     if re.search(r"\bOFFSET\b", norm, re.IGNORECASE):
         return _unsupported(OFFSET_NOT_ALLOWED_MESSAGE)
@@ -128,7 +129,7 @@ def _count(app: "ApiApp", query: str, limit: int) -> dict:
 
 def _page(app: "ApiApp", query: str, values: dict[str, Any], *, after: bool, limit: int
           ) -> dict | None:
-    wanted = {"group_type_index", "after_created_at", "after_key"} if after else {"group_type_index"}
+    wanted = {"group_type_index"} | ({"after_created_at", "after_key"} if after else set())
     if set(values) != wanted:
         return None
     index = values["group_type_index"]

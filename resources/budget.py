@@ -240,8 +240,9 @@ class RequestBudget:
 
     def _learn_locked(self, conn: sqlite3.Connection, now: float, count: int, seconds: float
                       ) -> tuple[int, float] | None:
-        conn.execute("DELETE FROM learned WHERE bucket = ? AND learned_at <= ? - max(?, 2 * seconds)",
-                     (self.bucket, now, LEARNED_TTL_S))
+        conn.execute(
+            "DELETE FROM learned WHERE bucket = ? AND learned_at <= ? - max(?, 2 * seconds)",
+            (self.bucket, now, LEARNED_TTL_S))
         for rowid, c, d, confirmed in conn.execute(
                 "SELECT rowid, count, seconds, confirmed FROM learned WHERE bucket = ?",
                 (self.bucket,)).fetchall():

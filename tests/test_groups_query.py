@@ -11,7 +11,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from posthog_sim import DatasetSpec, FaultSpec, SimConfig, Simulator
+from posthog_sim import FaultSpec, Simulator
 from resources.budget import GENERAL, QUERY, RequestBudget, budget_bucket
 from resources.posthog_client import PostHogClient
 from resources.posthog_config import ConnectionSettings
