@@ -52,8 +52,9 @@ class PostHogResource(dg.ConfigurableResource):
         repr=False,
         description=(
             "Personal API key phx_... (POSTHOG_PERSONAL_API_KEY) with the scopes group:read, "
-            "property_definition:read and export:read, plus export:write (and query:read) to "
-            "create exports. Wire it with dg.EnvVar, never a literal."
+            "property_definition:read, export:read and query:read (groups through the query "
+            "API; without it groups go through REST), plus export:write to create exports. "
+            "Wire it with dg.EnvVar, never a literal."
         ),
     )
     requests_per_minute: str = Field(

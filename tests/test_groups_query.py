@@ -188,7 +188,9 @@ def _groups_tables(env) -> dict[str, list[tuple]]:
             f"SELECT {', '.join(f'{c}::VARCHAR' for c in rest)}, valid_from, valid_to "
             "FROM posthog.groups_history ORDER BY group_type_index, group_key, valid_from")
     ]
-    return {"groups": groups, "groups_history": history, "history_columns": cols}
+    group_types = env.query("SELECT * EXCLUDE (synced_at) FROM posthog.group_types ORDER BY 1")
+    return {"groups": groups, "groups_history": history, "history_columns": cols,
+            "group_types": group_types}
 
 
 @pytest.mark.parametrize("seed", [5])
@@ -217,6 +219,7 @@ def test_groups_sync_through_query_and_rest_lands_identical_tables(tmp_path, see
             if source == "query":
                 # per sync: 3,100 (3,101) groups / 700 -> 5 pages, 640 (641) -> 1, empty -> 1
                 assert len(queries) == 14 and not pages
+                assert any(r.fault for r in log if r.path.endswith("/query/"))
             else:  # 31 + 7 + 1, then 32 + 7 + 1
                 assert not queries and len(pages) == 79
             landed[source] = _groups_tables(env)
@@ -224,6 +227,7 @@ def test_groups_sync_through_query_and_rest_lands_identical_tables(tmp_path, see
     assert len(landed["rest"]["groups"]) == 3_101 + 641
     assert landed["query"]["groups"] == landed["rest"]["groups"]
     assert landed["query"]["groups_history"] == landed["rest"]["groups_history"]
+    assert landed["query"]["group_types"] == landed["rest"]["group_types"]
 
 
 def test_groups_auto_without_query_scope_falls_back_to_rest_with_one_info_line(tmp_path):
