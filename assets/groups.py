@@ -23,8 +23,17 @@ from assets.tables import (
     table_metadata,
 )
 from resources.lake import LakeResource
-from resources.posthog import PostHogResource
+from resources.errors import PostHogAPIError
+from resources.posthog import PostHogResource, parse_groups_source
 from resources.posthog_client import RawGroup
+from resources.posthog_query import (
+    MAX_QUERY_ROWS,
+    QueryGroups,
+    TypePlan,
+    plan_source,
+    query_requests,
+    rest_requests,
+)
 
 KINDS = {"posthog", "parquet", "duckdb"}
 
@@ -38,7 +47,26 @@ class SyncConfig(dg.Config):
 
 class GroupsConfig(SyncConfig):
     type_concurrency: int = Field(
-        default=5, description="Group types crawled at once (each type is one cursor chain)."
+        default=5, description="Group types crawled at once over REST (each type is one cursor "
+        "chain); types listed through the query API go one query at a time."
+    )
+    groups_source: str = Field(
+        default="",
+        description="rest (GET groups/, 100 groups a request), query (HogQL through POST query/, "
+        "up to `query_page_rows` a request, in the query API's own rate bucket; needs "
+        "query:read) or auto (query for each type where it saves at least "
+        "`auto_min_saved_requests` requests, when the key has query:read; REST otherwise). "
+        "Empty: the posthog resource's groups_source (POSTHOG_GROUPS_SOURCE, default auto).",
+    )
+    query_page_rows: int = Field(
+        default=MAX_QUERY_ROWS,
+        description="Groups per query page (1..50,000, PostHog's MAX_SELECT_RETURNED_ROWS).",
+    )
+    auto_min_saved_requests: int = Field(
+        default=10,
+        description="auto takes the query API for a group type only when that saves at least "
+        "this many requests (10: types of about 1,000 groups or more); smaller types stay on "
+        "REST and leave the query bucket (120/hour, shared with the team's other queries) alone.",
     )
 
 
@@ -90,20 +118,32 @@ def posthog_groups(
     context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
     lake: LakeResource,
 ) -> dg.MaterializeResult:
-    """Every group of every type, as a full snapshot; the last N snapshots stay in
-    `posthog.groups_history`. Endpoint: GET /api/projects/:id/groups/?group_type_index=N"""
+    """Every group of every type, as a full snapshot, with its history in
+    `posthog.groups_history`. Endpoint: GET /api/projects/:id/groups/?group_type_index=N, or
+    POST /api/projects/:id/query/ (HogQL over `groups`, keyset pages of up to 50,000)."""
     synced_at = datetime.now(UTC)
     per_type: Counter[str] = Counter()
+    pages_by_type: Counter[int] = Counter()
     preview: list[dict] = []
+    source = parse_groups_source(
+        config.groups_source or posthog.groups_source,
+        "groups_source" if config.groups_source else "POSTHOG_GROUPS_SOURCE",
+    )
+    if not 1 <= config.query_page_rows <= MAX_QUERY_ROWS:
+        raise dg.Failure(f"query_page_rows must be 1..{MAX_QUERY_ROWS:,} (PostHog's row cap).")
     with asset_sync(context, config, posthog, lake) as (store, client):
         types = _group_types(context, store, client)
+        queries = QueryGroups(client)
+        plans, missing_scope = _plan(context, queries, types, source, config)
+        rest_types = [i for i in types if plans[i].source == "rest"]
+        query_types = [i for i in types if plans[i].source == "query"]
         sources = {
             index: (
                 lambda index=index: client.iter_group_pages(
                     group_type_index=index, raw_properties=True, group_type=types[index]
                 )
             )
-            for index in types
+            for index in rest_types
         }
         # the last snapshot's size makes a good guess at this one's, for the time left
         previous_rows = store.read_current(GROUPS, columns=["group_type_index"]).num_rows
@@ -123,8 +163,35 @@ def posthog_groups(
                     writer.write_rows(rows)
                     preview.extend(rows[: max(0, 10 - len(preview))])
                 per_type[f"{index}:{types[index]}"] += len(page)
+                pages_by_type[index] += 1
                 progress.update(groups=writer.rows_written + len(gathered))
             _write_gathered(writer, gathered, preview)
+            # One query at a time per key, as PostHog asks of the query API: the types go one
+            # after another, and a page is written (and let go) before the next is fetched.
+            for index in query_types:
+                for part in queries.iter_group_pages(
+                    group_type_index=index, limit=config.query_page_rows
+                ):
+                    gathered.add(part, types[index])
+                    _write_gathered(writer, gathered, preview)
+                    per_type[f"{index}:{types[index]}"] += len(part)
+                    del part
+                    progress.update(groups=writer.rows_written)
+                pages_by_type[index] = queries.requests.get(index, 0)
+            paths = {}
+            for index in types:
+                name = f"{index}:{types[index]}"
+                paths[name] = {"source": plans[index].source, "groups": per_type[name],
+                               "requests": pages_by_type[index]}
+                context.log.info(
+                    "groups: type %s took the %s path: %s groups in %s %s request%s",
+                    name, "query API" if plans[index].source == "query" else "REST",
+                    f"{per_type[name]:,}", f"{pages_by_type[index]:,}",
+                    "query" if plans[index].source == "query" else "REST",
+                    "" if pages_by_type[index] == 1 else "s",
+                )
+            if missing_scope:
+                _log_scope_savings(context, paths, config.query_page_rows)
         published = store.publish([writer], run_id=context.run.run_id, asset="posthog_groups")
         progress.update(force=True, groups=published[0].rows)
     return dg.MaterializeResult(
@@ -132,10 +199,65 @@ def posthog_groups(
             client.stats, published, preview=preview,
             extra={
                 "rows_by_group_type": dg.MetadataValue.json(dict(per_type)),
+                "groups_source": source,
+                "path_by_group_type": dg.MetadataValue.json(paths),
+                "requests_by_bucket": dg.MetadataValue.json(
+                    dict(sorted(client.stats.by_bucket.items()))
+                ),
                 "duplicates_dropped": writer.duplicates_dropped,
             },
         )
     )
+
+
+def _plan(context: dg.AssetExecutionContext, queries: QueryGroups, types: dict[int, str | None],
+          source: str, config: GroupsConfig) -> tuple[dict[int, TypePlan], bool]:
+    """Which path each group type takes; and whether `auto` fell back for a missing scope."""
+    if source != "auto" or not types:
+        return {i: TypePlan(i, source, None, None, None) for i in types}, False
+    try:
+        counts = queries.count_groups()
+    except PostHogAPIError as e:
+        if e.status not in (400, 403):
+            raise
+        rest = {i: TypePlan(i, "rest", None, None, None) for i in types}
+        if e.status == 403:  # the key lacks query:read: said once, with the savings, at the end
+            return rest, True
+        context.log.warning(
+            "groups: the query API refused the group count (%s %s); listing every type "
+            "through REST", e.status, e.detail or e.code or "",
+        )
+        return rest, False
+    plans = {}
+    for index in types:
+        plan = plan_source(index, counts.get(index, 0), limit=config.query_page_rows,
+                           min_saved=config.auto_min_saved_requests)
+        plans[index] = plan
+        context.log.info(
+            "groups: type %s:%s has %s groups: %s (%s query request%s against %s REST)",
+            index, types[index], f"{plan.groups:,}",
+            "query API" if plan.source == "query" else "REST",
+            f"{plan.query_requests:,}", "" if plan.query_requests == 1 else "s",
+            f"{plan.rest_requests:,}",
+        )
+    return plans, False
+
+
+def _log_scope_savings(context: dg.AssetExecutionContext, paths: dict[str, dict],
+                       limit: int) -> None:
+    groups = sum(p["groups"] for p in paths.values())
+    rest = sum(rest_requests(p["groups"]) for p in paths.values())
+    query = sum(query_requests(p["groups"], limit) for p in paths.values())
+    context.log.info(
+        "groups: the key has no query:read scope, so groups went through REST: %s groups in "
+        "%s requests of the 4,800/hour budget (about %s at PostHog's limits). With query:read "
+        "they would take about %s query requests, in the query API's own bucket (120/hour).",
+        f"{groups:,}", f"{rest:,}", _hours(rest / 4800), f"{query:,}",
+    )
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
 
 
 # groups gathered before they become one Arrow batch: Arrow's per-call cost is paid per batch

@@ -52,10 +52,13 @@ S3 = None  # the S3 server, started once when ours_s3 runs
 
 # ------------------------------------------------------------------ simulator
 class Sim:
-    def __init__(self, groups: int, types: int, exports: int, *, rate_limit: str = "0", seed: int = 7):
-        self.args = dict(groups=groups, types=types, exports=exports, rate_limit=rate_limit, seed=seed)
+    def __init__(self, groups: int, types: int, exports: int, *, rate_limit: str = "0", seed: int = 7,
+                 query_rate_limit: str = "0"):
+        self.args = dict(groups=groups, types=types, exports=exports, rate_limit=rate_limit, seed=seed,
+                         query_rate_limit=query_rate_limit)
         cmd = [str(BIN / "posthog-sim"), "--port", "0", "--ready-json", "--groups", str(groups),
                "--types", str(types), "--exports", str(exports), "--rate-limit", rate_limit,
+               "--query-rate-limit", query_rate_limit,
                "--seed", str(seed), "--request-log-limit", "1000", "--prerender-contents",
                "--precompute-property-values"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -175,9 +178,12 @@ def _label(p: psutil.Process) -> str:
 
 
 # ------------------------------------------------------------------ the three tools
-def tool_cmd(tool: str, sim: Sim, work: Path, *, windows: str | None = None) -> tuple[list[str], dict]:
+def tool_cmd(tool: str, sim: Sim, work: Path, *, windows: str | None = None,
+             env_extra: dict | None = None) -> tuple[list[str], dict]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    for name in ("POSTHOG_GROUPS_SOURCE", "POSTHOG_QUERY_REQUESTS_PER_HOUR"):
+        env.pop(name, None)
     if tool in ("ours", "ours_s3", "ours_before"):
         (work / "dagster_home").mkdir(exist_ok=True)
         env.update({
@@ -198,6 +204,7 @@ def tool_cmd(tool: str, sim: Sim, work: Path, *, windows: str | None = None) -> 
                         "AWS_SECRET_ACCESS_KEY": S3.secret_key, "AWS_ALLOW_HTTP": "true"})
         if tool == "ours_before":
             env["PYTHONPATH"] = str(BEFORE)  # that checkout's modules, this environment's packages
+        env.update(env_extra or {})
         return [PY, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
                 "--select", "*"], env
     if tool == "dlt":
@@ -232,14 +239,15 @@ def minimum_requests(groups: int, types: int, exports: int, seed: int = 7) -> di
 
 
 def run_one(tool: str, groups: int, types: int, exports: int, base: Path, *, tag: str,
-            rate_limit: str = "0", windows: str | None = None, second_sync: bool = False) -> dict:
+            rate_limit: str = "0", windows: str | None = None, second_sync: bool = False,
+            query_rate_limit: str = "0", env_extra: dict | None = None) -> dict:
     work = base / f"{tag}-{tool}"
     work.mkdir(parents=True, exist_ok=True)
-    sim = Sim(groups, types, exports, rate_limit=rate_limit)
+    sim = Sim(groups, types, exports, rate_limit=rate_limit, query_rate_limit=query_rate_limit)
     try:
         s0 = sim.stats()
         u0 = sim.usage()
-        cmd, env = tool_cmd(tool, sim, work, windows=windows)
+        cmd, env = tool_cmd(tool, sim, work, windows=windows, env_extra=env_extra)
         cwd = BEFORE if tool == "ours_before" else ROOT
         res = measure(cmd, env, cwd, work / "tool.log")
         s1 = sim.stats()
@@ -287,6 +295,85 @@ def min_span(n: int, windows: list[tuple[int, float]]) -> float:
                 t = max(t, times[-count] + w)
         times.append(t)
     return times[-1] if times else 0.0
+
+
+# PostHog's real limits (posthog/rate_limit.py): every endpoint a sync lists, and the query API's
+GENERAL_WINDOWS = [(480, 60.0), (4800, 3600.0)]
+QUERY_WINDOWS = [(120, 3600.0)]
+
+
+def real_limits(a, base: Path, out: dict) -> None:
+    """Full syncs against PostHog's real limits, unscaled, enforced by the simulator, with our
+    budget at its defaults: groups through REST, the query API, and auto. REST at 1M would take
+    hours, so it runs at `--real-rest-groups` and its 1M time is projected from its requests."""
+    runs = out.setdefault("real_limits", [])
+    for source in [s for s in a.real_sources.split(",") if s]:
+        groups = a.real_rest_groups if source == "rest" else a.real_groups
+        print(f"== real limits, groups_source={source}: {groups:,} groups over {a.types} types, "
+              f"{a.exports} exports", flush=True)
+        r = run_one("ours", groups, a.types, a.exports, base, tag=f"real-{source}",
+                    rate_limit="480/60,4800/3600", query_rate_limit="120/3600",
+                    env_extra={"POSTHOG_GROUPS_SOURCE": source,
+                               "POSTHOG_REQUESTS_PER_MINUTE": "480",
+                               "POSTHOG_REQUESTS_PER_HOUR": "4800",
+                               "POSTHOG_QUERY_REQUESTS_PER_HOUR": "120"})
+        r["real"] = real_figures(r, groups, a.types, source)
+        r["real_source"] = source
+        runs.append(r)
+        f = r["real"]
+        print(f"   {source}: {r['wall_s']:.1f}s wall; general {f['general_requests']:,} + query "
+              f"{f['query_requests']:,} requests; 429s {r['sim']['throttled_429']}; least "
+              f"{f['least_s']:.0f}s" + (f"; projected at 1,000,000 groups: {f['projection']}"
+                                        if f.get("projection") else ""), flush=True)
+
+
+def mismatch(a, base: Path, out: dict) -> None:
+    """The server allows less than our budget is configured for (another tool shares the key, or
+    PostHog lowered a limit): the simulator enforces `--mismatch-windows` while our budget keeps
+    PostHog's defaults (480/min, 4,800/h); groups through REST, so every request is in the
+    general bucket. The client must learn the real windows from the 429s."""
+    windows = parse_windows(a.mismatch_windows)
+    print(f"== mismatch: server {a.mismatch_windows}, ours configured 480/60,4800/3600; "
+          f"{a.rl_groups:,} groups, {a.rl_exports} exports", flush=True)
+    r = run_one("ours", a.rl_groups, a.types, a.rl_exports, base, tag="mismatch",
+                rate_limit=a.mismatch_windows,
+                env_extra={"POSTHOG_GROUPS_SOURCE": "rest", "POSTHOG_REQUESTS_PER_MINUTE": "480",
+                           "POSTHOG_REQUESTS_PER_HOUR": "4800"})
+    span = r["sim"]["last_ts"].get("api", 0) - r["sim"]["first_ts"].get("api", 0)
+    total = r["sim"]["api_requests"]
+    n429 = r["sim"]["throttled_429"]
+    need = min_span(total - n429, windows)
+    r["mismatch"] = {"span_s": span, "api_requests": total, "throttled_429": n429,
+                     "pct_429": 100.0 * n429 / total if total else 0.0, "min_span_s": need,
+                     "time_efficiency_pct": 100.0 * need / span if span else 0.0}
+    out["mismatch"] = r
+    m = r["mismatch"]
+    print(f"   mismatch: {total} API requests, {n429} answered 429 ({m['pct_429']:.1f}%), "
+          f"{span:.1f}s from first to last against a least possible {need:.1f}s for "
+          f"{total - n429} allowed -> {m['time_efficiency_pct']:.1f}% time efficiency; "
+          f"wall {r['wall_s']:.1f}s", flush=True)
+
+
+def real_figures(r: dict, groups: int, types: int, source: str) -> dict:
+    by_endpoint = r["sim"]["requests"]
+    query = by_endpoint.get("query", 0)
+    general = r["sim"]["api_requests"] - query
+    least = max(min_span(general, GENERAL_WINDOWS), min_span(query, QUERY_WINDOWS))
+    out = {"general_requests": general, "query_requests": query,
+           "group_pages": by_endpoint.get("groups", 0), "least_s": least}
+    if source == "rest" and groups < 1_000_000:
+        per_type = [groups // types + (1 if i < groups % types else 0) for i in range(types)]
+        pages_1m = sum(math.ceil((1_000_000 // types + (1 if i < 1_000_000 % types else 0)) / 100)
+                       for i in range(types))
+        pages_now = sum(max(1, math.ceil(n / 100)) for n in per_type)
+        general_1m = general + pages_1m - pages_now
+        need = min_span(general_1m, GENERAL_WINDOWS)
+        out["projection"] = (f"{general:,} - {pages_now:,} group pages + {pages_1m:,} = "
+                             f"{general_1m:,} general requests; 480/min and 4,800/h allow that "
+                             f"many in no less than {need:,.0f} s = {need / 3600:.2f} h")
+        out["projected_general_requests_1m"] = general_1m
+        out["projected_least_s_1m"] = need
+    return out
 
 
 def parse_windows(text: str) -> list[tuple[int, float]]:
@@ -361,6 +448,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rl-exports", type=int, default=100)
     p.add_argument("--skip", default="", help="comma list of: startup,second,ratelimit,sizes")
     p.add_argument("--quick", action="store_true", help="20k groups, 100 exports, short rate-limited run")
+    p.add_argument("--real-limits", action="store_true",
+                   help="only the real-limits scenario: PostHog's limits unscaled (480/min, 4,800/h, "
+                        "query 120/h), groups through rest, query and auto")
+    p.add_argument("--real-sources", default="query,auto,rest")
+    p.add_argument("--real-groups", type=int, default=1_000_000)
+    p.add_argument("--real-rest-groups", type=int, default=100_000,
+                   help="REST at real limits takes hours at 1M: run it at this size and project")
+    p.add_argument("--groups-source", default="",
+                   help="POSTHOG_GROUPS_SOURCE for our sync in the size runs (default: auto)")
+    p.add_argument("--mismatch", action="store_true",
+                   help="only the mismatch scenario: the server enforces --mismatch-windows while "
+                        "our budget is configured for PostHog's defaults")
+    p.add_argument("--mismatch-windows", default="30/10,120/60")
     p.add_argument("--workdir", default=None, help="scratch dir (default: a temp dir, removed)")
     p.add_argument("--before", default=None,
                    help="checkout whose sync runs as the `ours_before` tool (before/after)")
@@ -390,7 +490,15 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(out, indent=1, default=str))
 
     print(f"machine: {out['machine']}\nscratch: {base}\nresults: {path}", flush=True)
+    if a.real_limits or a.mismatch:
+        skip |= {"startup", "sizes", "ratelimit"}
     try:
+        if a.real_limits:
+            real_limits(a, base, out)
+            save()
+        if a.mismatch:
+            mismatch(a, base, out)
+            save()
         if "startup" not in skip and "ours" in tools:
             print("== Dagster fixed cost: a full sync of an empty project", flush=True)
             out["startup"] = run_one("ours", 0, a.types, 0, base, tag="empty")
@@ -403,8 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                     order = tools if rep % 2 == 0 else list(reversed(tools))
                     for tool in order:
                         second = tool == "ours" and rep == 0 and size == sizes[0] and "second" not in skip
+                        extra = {"POSTHOG_GROUPS_SOURCE": a.groups_source} if a.groups_source else None
                         out["runs"].append(run_one(tool, size, a.types, a.exports, base,
-                                                   tag=f"{size}-r{rep}", second_sync=second))
+                                                   tag=f"{size}-r{rep}", second_sync=second,
+                                                   env_extra=extra))
                         save()
         if "ratelimit" not in skip and "ours" in tools:
             print(f"== rate-limited: {a.rl_groups:,} groups, {a.rl_exports} exports, windows {a.rate_limit}",
@@ -454,6 +564,18 @@ def main(argv: list[str] | None = None) -> int:
               f"429s {out['ratelimited']['sim']['throttled_429']}; minimum {rr['minimum']['ours_minimum']} "
               f"for our tables ({rr['minimum']['api_minimum']} for the peer's); "
               f"wall {out['ratelimited']['wall_s']:.1f}s")
+    if out.get("real_limits"):
+        print("\n| groups_source | groups | wall s | general requests | query requests | 429s | "
+              "least possible s | largest process MB | tree MB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in out["real_limits"]:
+            f = r["real"]
+            print(f"| {r['real_source']} | {r['groups']:,} | {r['wall_s']:.1f} | {f['general_requests']:,} | "
+                  f"{f['query_requests']:,} | {r['sim']['throttled_429']} | {f['least_s']:.0f} | "
+                  f"{r['max_process_rss_mb']:.0f} | {r['peak_tree_rss_mb']:.0f} |")
+        for r in out["real_limits"]:
+            if r["real"].get("projection"):
+                print(f"REST projected to 1,000,000 groups: {r['real']['projection']}")
     print(f"\nraw: {path}")
     return 0
 

@@ -55,6 +55,8 @@ def posthog_definitions(
     requests_per_minute: Setting = "480",
     requests_per_hour: Setting = "4800",
     rate_limit_windows: Setting = "",
+    query_requests_per_hour: Setting = "120",
+    groups_source: Setting = "auto",
     retention_hours: Setting = "168",
     include_executor: bool = True,
 ) -> dg.Definitions:
@@ -78,6 +80,8 @@ def posthog_definitions(
         requests_per_minute=requests_per_minute,
         requests_per_hour=requests_per_hour,
         rate_limit_windows=rate_limit_windows,
+        query_requests_per_hour=query_requests_per_hour,
+        groups_source=groups_source,
         state_dir=state_dir,
     )
     lake = LakeResource(

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--fault-kinds", default=",".join(ALL_FAULT_KINDS))
     p.add_argument("--rate-limit", default="480/60,4800/3600", help='e.g. "480/60,4800/3600"; "0" = unlimited')
+    p.add_argument("--query-rate-limit", default="120/3600",
+                   help='POST query/\'s own bucket (HogQLQueryThrottle), e.g. "120/3600"; "0" = unlimited')
     p.add_argument("--api-key", default="phx_sim_key_0123456789")
     p.add_argument("--scopes", default="*",
                    help="comma list of the key's scopes, e.g. group:read,export:read; '*' = all "
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SimConfig(
         dataset=DatasetSpec(seed=args.seed, groups_per_type=groups, n_exports=args.exports, hostile=args.hostile),
         rate_limits=_parse_rate_limit(args.rate_limit),
+        query_rate_limits=_parse_rate_limit(args.query_rate_limit),
         faults=FaultSpec(seed=args.seed, rate=args.fault_rate, kinds=kinds),
         api_key=args.api_key,
         scopes=tuple(sc.strip() for sc in args.scopes.split(",") if sc.strip()) or ("*",),

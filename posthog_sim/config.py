@@ -69,6 +69,8 @@ class SimConfig:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     # (count, window seconds) pairs, DRF SimpleRateThrottle semantics; None or () = unlimited
     rate_limits: tuple[tuple[int, float], ...] | None = ((480, 60.0), (4800, 3600.0))
+    # POST query/'s own bucket: HogQLQueryThrottle, 120/hour (posthog/rate_limit.py)
+    query_rate_limits: tuple[tuple[int, float], ...] | None = ((120, 3600.0),)
     faults: FaultSpec = field(default_factory=FaultSpec)
     api_key: str = "phx_sim_key_0123456789"
     scopes: tuple[str, ...] = ("*",)
@@ -104,6 +106,10 @@ class SimConfig:
             self.rate_limits = tuple((int(c), float(w)) for c, w in self.rate_limits)
         else:
             self.rate_limits = ()
+        if self.query_rate_limits:
+            self.query_rate_limits = tuple((int(c), float(w)) for c, w in self.query_rate_limits)
+        else:
+            self.query_rate_limits = ()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import orjson
 
 from . import content as C
+from . import query as _query
 from .config import ALL_FAULT_KINDS, NEXT_LINK_MODES, RequestRecord, SimConfig
 from .dataset import Dataset
 
@@ -298,6 +299,10 @@ class ApiApp:
             # was not in the source read, so its scope is this guess.
             route = ("datasets/:id/exports/:id/content", {"GET": "dataset:read"},
                      self.dataset_export_content, False)
+        elif n == 1 and s[0] == "query":
+            # QueryViewSet: scope_object = "query" (posthog/api/query.py); its own throttle
+            # bucket below; the HogQL shapes it serves are in posthog_sim/query.py
+            route = ("query", {"POST": "query:read"}, self.query, False)
         elif s and s[0] == "explicit_members" and n <= 2 and self.cfg.explicit_members == "legacy":
             if n == 1:
                 route = ("explicit_members", {"GET": "project:read", "POST": "project:write"},
@@ -340,7 +345,10 @@ class ApiApp:
             elif not self._has_scope(ctx.scopes, scope):
                 return self._missing_scope(scope, endpoint)
         # ---- throttling
-        wait = self.sim.limiter.check(key)
+        # query/ has its own bucket (HogQLQueryThrottle, posthog/rate_limit.py), apart from
+        # the 480/min + 4800/h every other endpoint here shares
+        limiter = self.sim.query_limiter if endpoint == "query" else self.sim.limiter
+        wait = limiter.check(key)
         if wait is not None:
             self.sim._count_429()
             return throttled_response(None if wait == NO_WAIT else wait, endpoint)
@@ -408,6 +416,9 @@ class ApiApp:
         if mode == "http_downgrade":
             return f"http://{host}{pq}" if proto == "https" else f"http://{host.split(':')[0]}:80{pq}"
         return f"{proto}://{host}{pq}"
+
+    def query(self, ctx: Ctx) -> Response:
+        return _query.handle(self, ctx)
 
     # -------------------------------------------------------------- project
     def project_retrieve(self, ctx: Ctx) -> Response:
@@ -1000,6 +1011,7 @@ class Simulator:
         for k, (uid, scopes) in (self.cfg.extra_keys or {}).items():
             self.keys[k] = (int(uid), tuple(scopes))
         self.limiter = RateLimiter(self.cfg.rate_limits or ())
+        self.query_limiter = RateLimiter(self.cfg.query_rate_limits or ())
         self.next_link_mode = self.cfg.next_link
         self._log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
@@ -1107,6 +1119,7 @@ class Simulator:
 
     def reset_rate_limits(self) -> None:
         self.limiter.reset()
+        self.query_limiter.reset()
 
     def stats(self) -> dict:
         with self._stats_lock:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import filelock
 
-__all__ = ["RequestBudget", "budget_bucket"]
+__all__ = ["GENERAL", "QUERY", "RequestBudget", "budget_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,35 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (bucket TEXT NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS requests_bucket_ts ON requests (bucket, ts);
 CREATE TABLE IF NOT EXISTS pauses (bucket TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS learned (
+    bucket TEXT NOT NULL, count INTEGER NOT NULL, seconds REAL NOT NULL,
+    learned_at REAL NOT NULL, confirmed INTEGER NOT NULL
+);
 """
 
+# A window learned from 429s is kept this long (at least twice its own length), then forgotten:
+# if the server allows more again, we find out.
+LEARNED_TTL_S = 3600.0
+# Two 429s agree on a window when their lengths differ by at most this (or 10%).
+_AGREE_S = 1.5
+# At most this many hypotheses are checked against the log per 429.
+_MAX_CANDIDATES = 200
 
-def budget_bucket(host: str, api_key: str) -> str:
-    """Bucket id for one key on one origin: sha256(host NUL key), so the key is never stored."""
-    return hashlib.sha256(f"{host}\0{api_key}".encode()).hexdigest()
+
+# PostHog's throttle buckets (posthog/rate_limit.py): the general one every endpoint we list uses
+# (BurstRateThrottle 480/min + SustainedRateThrottle 4800/h), and the query API's own
+# (HogQLQueryThrottle, scope "query", 120/h by default, raised per team on request). A request
+# in one never counts against, nor waits for, the other.
+GENERAL = "general"
+QUERY = "query"
+
+
+def budget_bucket(host: str, api_key: str, scope: str = GENERAL) -> str:
+    """Bucket id for one key on one origin and one of PostHog's throttle scopes:
+    sha256(host NUL key) (the general scope, as before), `:<scope>` appended for the others;
+    the key is never stored."""
+    digest = hashlib.sha256(f"{host}\0{api_key}".encode()).hexdigest()
+    return digest if scope == GENERAL else f"{digest}:{scope}"
 
 
 class RequestBudget:
@@ -68,6 +91,7 @@ class RequestBudget:
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
         self._local_pause_until = 0.0
+        self._recorded = threading.local()  # the ts this thread's last request was logged at
         # Connections inherited through fork must never be used (or closed) by the child.
         self._inherited: list[sqlite3.Connection] = []
 
@@ -141,7 +165,7 @@ class RequestBudget:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_lock", "_conn", "_conn_pid", "_inherited"):
+        for name in ("_lock", "_conn", "_conn_pid", "_inherited", "_recorded"):
             state.pop(name)
         return state
 
@@ -151,6 +175,87 @@ class RequestBudget:
         self._conn = None
         self._conn_pid = None
         self._inherited = []
+        self._recorded = threading.local()
+
+    def note_throttled(self, retry_after: float | None) -> tuple[int, float] | None:
+        """The request this thread last sent was answered 429: learn what the server allows.
+
+        When the server allows less than the configured windows (another tool shares the key,
+        or PostHog lowered a limit), a 429 says a window is full. The refused request never
+        counted at the server (DRF records only allowed requests), so it leaves our log. With
+        Retry-After (DRF: the time until the oldest request in the full window leaves it,
+        rounded up to a second), the window is found in our log: its oldest request `r_k` is
+        one that followed a quiet gap longer than Retry-After - 1 (else the request before it
+        would be in the window too), so the window is `C` requests (ours since `r_k`) per
+        `D = now + Retry-After - r_k` seconds, the newest such `r_k` whose window our log does
+        not contradict (no earlier span of D - 1 s held more than C requests that the server
+        let through). A window is enforced, by every process sharing the budget, once a second
+        429 agrees on it (lengths within 1.5 s or 10%; the smaller count kept): a lone 429 (a
+        proxy's, a fault) teaches nothing. Learned windows are forgotten after an hour.
+        Returns the window enforced, if this 429 confirmed one."""
+        ts = getattr(self._recorded, "ts", None)
+        self._recorded.ts = None
+        if self.unlimited:
+            return None  # nothing is logged without a window to enforce
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if ts is not None:
+                    conn.execute(
+                        "DELETE FROM requests WHERE rowid = (SELECT rowid FROM requests "
+                        "WHERE bucket = ? AND ts = ? LIMIT 1)", (self.bucket, ts))
+                learned = None
+                if retry_after is not None and retry_after > 0:
+                    now = self._clock()
+                    log_ts = [r[0] for r in conn.execute(
+                        "SELECT ts FROM requests WHERE bucket = ? AND ts <= ? ORDER BY ts",
+                        (self.bucket, now))]
+                    window = _window_from_log(log_ts, now, retry_after)
+                    if window is not None:
+                        learned = self._learn_locked(conn, now, *window)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        if learned is not None:
+            log.info(
+                "budget: the server allows about %d requests per %.1fs in this bucket (learned "
+                "from its 429s); pacing at that", learned[0], learned[1])
+        return learned
+
+    def learned_windows(self) -> list[tuple[int, float]]:
+        """Windows learned from 429s and enforced now, beyond the configured ones."""
+        if self.unlimited:
+            return []
+        with self._lock:
+            conn = self._connection()
+            return self._learned_locked(conn, self._clock())
+
+    def _learned_locked(self, conn: sqlite3.Connection, now: float) -> list[tuple[int, float]]:
+        rows = conn.execute(
+            "SELECT count, seconds FROM learned WHERE bucket = ? AND confirmed = 1 "
+            "AND learned_at > ? - max(?, 2 * seconds)", (self.bucket, now, LEARNED_TTL_S))
+        return [(int(c), float(d)) for c, d in rows]
+
+    def _learn_locked(self, conn: sqlite3.Connection, now: float, count: int, seconds: float
+                      ) -> tuple[int, float] | None:
+        conn.execute(
+            "DELETE FROM learned WHERE bucket = ? AND learned_at <= ? - max(?, 2 * seconds)",
+            (self.bucket, now, LEARNED_TTL_S))
+        for rowid, c, d, confirmed in conn.execute(
+                "SELECT rowid, count, seconds, confirmed FROM learned WHERE bucket = ?",
+                (self.bucket,)).fetchall():
+            if abs(d - seconds) <= max(_AGREE_S, 0.1 * max(d, seconds)):
+                new = (min(c, count), max(d, seconds))
+                conn.execute("UPDATE learned SET count = ?, seconds = ?, learned_at = ?, "
+                             "confirmed = 1 WHERE rowid = ?", (*new, now, rowid))
+                return new if not confirmed or new != (c, d) else None
+        conn.execute("INSERT INTO learned (bucket, count, seconds, learned_at, confirmed) "
+                     "VALUES (?, ?, ?, ?, 0)", (self.bucket, count, seconds, now))
+        log.debug("budget: a 429 suggests %d requests per %.1fs; waiting for a second to agree",
+                  count, seconds)
+        return None
 
     def _local_delay(self) -> float:
         return max(0.0, self._local_pause_until - self._clock())
@@ -189,6 +294,7 @@ class RequestBudget:
             delay = self._delay_locked(conn, now)
             if delay <= 0:
                 conn.execute("INSERT INTO requests (bucket, ts) VALUES (?, ?)", (self.bucket, now))
+                self._recorded.ts = now
                 horizon = max(seconds for _, seconds in self.limits) + self.safety
                 conn.execute(
                     "DELETE FROM requests WHERE bucket = ? AND ts <= ?",
@@ -205,7 +311,7 @@ class RequestBudget:
         if row is not None and row[0] > now:
             return row[0] - now + _EPSILON_S
         delay = 0.0
-        for count, seconds in self.limits:
+        for count, seconds in (*self.limits, *self._learned_locked(conn, now)):
             # The server allows a request iff fewer than `count` landed in the last `seconds`;
             # widening our window by `safety` absorbs latency between our clock and its arrival.
             span = seconds + self.safety
@@ -222,3 +328,36 @@ class RequestBudget:
             ).fetchone()
             delay = max(delay, oldest_blocking + span - now + _EPSILON_S)
         return delay
+
+
+def _window_from_log(log_ts: Sequence[float], now: float, retry_after: float
+                     ) -> tuple[int, float] | None:
+    """The (count, seconds) window a 429 at `now` with `retry_after` implies, from our log of
+    allowed requests (ascending), or None (see `RequestBudget.note_throttled`)."""
+    m = len(log_ts)
+    checked = 0
+    for k in range(m - 1, -1, -1):
+        gap = log_ts[k] - log_ts[k - 1] if k > 0 else float("inf")
+        if gap <= retry_after - 1.0:
+            continue
+        seconds = now + retry_after - log_ts[k]
+        count = m - k
+        checked += 1
+        if not _span_exceeds(log_ts, seconds - 1.0, count):
+            return count, seconds
+        if checked >= _MAX_CANDIDATES:
+            break
+    return None
+
+
+def _span_exceeds(log_ts: Sequence[float], span: float, count: int) -> bool:
+    """Whether some `span` seconds of the log held more than `count` requests."""
+    if span <= 0:
+        return True
+    lo = 0
+    for hi, ts in enumerate(log_ts):
+        while ts - log_ts[lo] >= span:
+            lo += 1
+        if hi - lo + 1 > count:
+            return True
+    return False

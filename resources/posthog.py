@@ -8,7 +8,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from resources.budget import RequestBudget, budget_bucket
+from resources.budget import QUERY, RequestBudget, budget_bucket
 from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
 from resources.posthog_config import ConnectionSettings, config_problems, format_problems
@@ -52,8 +52,9 @@ class PostHogResource(dg.ConfigurableResource):
         repr=False,
         description=(
             "Personal API key phx_... (POSTHOG_PERSONAL_API_KEY) with the scopes group:read, "
-            "property_definition:read and export:read, plus export:write (and query:read) to "
-            "create exports. Wire it with dg.EnvVar, never a literal."
+            "property_definition:read, export:read and query:read (groups through the query "
+            "API; without it groups go through REST), plus export:write to create exports. "
+            "Wire it with dg.EnvVar, never a literal."
         ),
     )
     requests_per_minute: str = Field(
@@ -76,6 +77,24 @@ class PostHogResource(dg.ConfigurableResource):
             "Advanced (POSTHOG_RATE_LIMIT_WINDOWS): explicit budget windows as count/seconds "
             "pairs, e.g. '60/10,240/60'; when set it replaces the per-minute/per-hour budget. "
             "For PostHog instances with other limits, and for scaled-down test windows."
+        ),
+    )
+    query_requests_per_hour: str = Field(
+        default="120",
+        description=(
+            "Query API requests per hour for this key across all processes "
+            "(POSTHOG_QUERY_REQUESTS_PER_HOUR): PostHog throttles POST query/ in its own bucket "
+            "(HogQLQueryThrottle, 120/hour by default; PostHog raises it per team on request); "
+            "'0' = unlimited. It never counts against the per-minute/per-hour budget."
+        ),
+    )
+    groups_source: str = Field(
+        default="auto",
+        description=(
+            "How posthog_groups lists groups (POSTHOG_GROUPS_SOURCE), unless its run config says: "
+            "'rest' (GET groups/, 100 per request), 'query' (HogQL through POST query/, up to "
+            "50,000 per request; needs query:read) or 'auto': query for the group types where "
+            "it saves requests when the key has query:read, REST otherwise."
         ),
     )
     state_dir: str = Field(
@@ -118,6 +137,10 @@ class PostHogResource(dg.ConfigurableResource):
                 _parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR")
             except PostHogConfigError as exc:
                 problems.append(exc.description)
+        try:
+            _parse_rate(self.query_requests_per_hour, "POSTHOG_QUERY_REQUESTS_PER_HOUR")
+        except PostHogConfigError as exc:
+            problems.append(exc.description)
         if not self.request_timeout > 0:
             problems.append("request_timeout must be a positive number of seconds.")
         if self.request_max_retries < 0:
@@ -148,10 +171,18 @@ class PostHogResource(dg.ConfigurableResource):
                 (_parse_rate(self.requests_per_minute, "POSTHOG_REQUESTS_PER_MINUTE"), 60.0),
                 (_parse_rate(self.requests_per_hour, "POSTHOG_REQUESTS_PER_HOUR"), 3600.0),
             ]
+        query_per_hour = _parse_rate(
+            self.query_requests_per_hour, "POSTHOG_QUERY_REQUESTS_PER_HOUR"
+        )
         budget = RequestBudget(
             Path(self.state_dir) / BUDGET_RELPATH,
             budget_bucket(settings.origin, settings.api_key),
             windows,
+        )
+        query_budget = RequestBudget(
+            Path(self.state_dir) / BUDGET_RELPATH,
+            budget_bucket(settings.origin, settings.api_key, QUERY),
+            [(query_per_hour, 3600.0)],
         )
         return PostHogClient(
             settings=settings,
@@ -162,9 +193,20 @@ class PostHogResource(dg.ConfigurableResource):
             retry_base_delay=self.request_retry_delay,
             retry_max_delay=self.request_max_retry_delay,
             budget=budget,
+            query_budget=query_budget,
             transport=transport,
             logger=_RunLog(logger, {}) if logger is not None else None,
         )
+
+
+def parse_groups_source(value: str, where: str = "POSTHOG_GROUPS_SOURCE") -> str:
+    """'rest', 'query' or 'auto' (any case, spaces ignored); PostHogConfigError otherwise."""
+    text = str(value).strip().lower()
+    if text not in ("rest", "query", "auto"):
+        raise PostHogConfigError(
+            f"{where}={value!r} is not a groups source; use rest, query or auto."
+        )
+    return text
 
 
 def _parse_rate(value: str, env_var: str) -> int:

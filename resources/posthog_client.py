@@ -127,6 +127,7 @@ class PostHogClient:
         sleep: Callable[[float], None] = time.sleep,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         max_connections: int = 16,
+        query_budget: RequestBudget | None = None,
     ) -> None:
         if settings is None:
             settings = ConnectionSettings.from_raw(
@@ -148,6 +149,7 @@ class PostHogClient:
             sleep=sleep,
             logger=logger or logging.getLogger(__name__),
             max_connections=max_connections,
+            query_budget=query_budget,
         )
         self._log = self._t.log
         self._resolved_project: str | None = None

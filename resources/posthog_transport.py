@@ -20,7 +20,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, stop_after_attempt
 
 from resources import jsontext
-from resources.budget import RequestBudget
+from resources.budget import GENERAL, QUERY, RequestBudget
 from resources.errors import (
     PostHogAPIError,
     PostHogConnectionError,
@@ -59,6 +59,7 @@ class ClientStats:
     bytes_downloaded: int = 0
     waited_for_budget_s: float = 0.0
     by_endpoint: dict[str, int] = field(default_factory=dict)
+    by_bucket: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: float) -> None:
@@ -72,6 +73,11 @@ class ClientStats:
         with self._lock:
             self.requests += 1
             self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+
+    def count_bucket(self, bucket: str) -> None:
+        """Count one HTTP request in one of PostHog's throttle buckets."""
+        with self._lock:
+            self.by_bucket[bucket] = self.by_bucket.get(bucket, 0) + 1
 
     def as_metadata(self) -> dict[str, Any]:
         """A plain snapshot suitable for Dagster MaterializeResult metadata."""
@@ -110,6 +116,8 @@ class Call:
     endpoint: str
     idempotent: bool
     attempts: int = 0
+    # which of PostHog's throttle buckets the request counts in (resources/budget.py)
+    bucket: str = GENERAL
 
 
 class Transport:
@@ -128,6 +136,7 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         max_connections: int = 16,
+        query_budget: RequestBudget | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -142,6 +151,8 @@ class Transport:
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
         self.budget = budget
+        # the query API's own bucket; None: query requests are not budgeted (as with no budget)
+        self.query_budget = query_budget
         self.sleep = sleep
         self.log = logger or logging.getLogger("resources.posthog_client")
         self.stats = ClientStats()
@@ -202,8 +213,13 @@ class Transport:
     def begin_attempt(self, call: Call) -> None:
         """Count an attempt and wait for the shared budget before sending it."""
         call.attempts += 1
-        self._wait_for_budget()
+        self._wait_for_budget(self.budget_for(call))
         self.stats.count_request(f"{call.method} {call.endpoint}")
+        self.stats.count_bucket(call.bucket)
+
+    def budget_for(self, call: Call) -> RequestBudget | None:
+        """The budget of the throttle bucket `call` counts in."""
+        return self.query_budget if call.bucket == QUERY else self.budget
 
     def heard_from_posthog(self, call: Call, response: httpx.Response) -> None:
         """PostHog answered (any status): later connection errors are outages, not typos."""
@@ -223,9 +239,10 @@ class Transport:
         idempotent: bool = True,
         expect_json: bool = True,
         decode: Callable[[bytes], Any] = jsontext.loads,
+        bucket: str = GENERAL,
     ) -> Any:
         """One API call with retries; the decoded JSON body (None when not `expect_json`)."""
-        call = Call(method, path, endpoint, idempotent=idempotent)
+        call = Call(method, path, endpoint, idempotent=idempotent, bucket=bucket)
         return self.run(
             call,
             lambda: self._attempt_json(
@@ -347,9 +364,11 @@ class Transport:
         outcome: Outcome = retry_state.outcome.result()
         delay = retry_state.upcoming_sleep
         self.stats.add(retries=1)
-        if outcome.status == 429 and self.budget is not None:
-            # Every process sharing the key holds off, not just this one.
-            self.budget.pause_until(self.budget.now() + delay)
+        budget = self.budget_for(call)
+        if outcome.status == 429 and budget is not None:
+            # Every process sharing the key holds off, not just this one, in this bucket only:
+            # a throttled query does not stop the REST listings, nor the other way round.
+            budget.pause_until(budget.now() + delay)
         self.log.info(
             "%s %s: %s; retry %d/%d in %.2fs (%s)",
             call.method,
@@ -361,10 +380,10 @@ class Transport:
             "Retry-After" if outcome.retry_after is not None else "backoff",
         )
 
-    def _wait_for_budget(self) -> None:
-        if self.budget is None:
+    def _wait_for_budget(self, budget: RequestBudget | None) -> None:
+        if budget is None:
             return
-        waited = self.budget.acquire()
+        waited = budget.acquire()
         if waited:
             self.stats.add(waited_for_budget_s=waited)
             self.log.debug("waited %.2fs for the shared request budget", waited)
@@ -409,11 +428,16 @@ class Transport:
         code, detail = self._error_fields(response)
         unrenderable = status == 500 and any(m in (detail or "") for m in UNRENDERABLE_MARKERS)
         if status in RETRYABLE_STATUSES and not unrenderable:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if status == 429:
                 self.stats.add(throttled=1)
+                note = getattr(self.budget_for(call), "note_throttled", None)
+                if note is not None:
+                    # the server allows less than we thought: it is learned, in this bucket
+                    note(retry_after)
             return Outcome(
                 retry_cause=f"{status} {code}" if code else str(status),
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after,
                 status=status,
                 # Throttling runs before the view, and 408 means the request never arrived whole.
                 replay_safe=call.idempotent or status in (408, 429),
