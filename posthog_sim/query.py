@@ -30,7 +30,7 @@ import datetime as _dt
 import re
 from typing import TYPE_CHECKING, Any
 
-from . import _jsontext as jsontext
+import orjson
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import ApiApp, Ctx, Response
@@ -153,7 +153,7 @@ def _page(app: "ApiApp", query: str, values: dict[str, Any], *, after: bool, lim
         for c, k, ref in ds._iter_from(index, cursor):
             g = ds._materialise(index, ref, c, k)
             # ClickHouse holds the properties as the text ingestion wrote: compact JSON
-            rows.append([k, iso_us(c), jsontext.dumps(g.get("group_properties") or {})])
+            rows.append([k, iso_us(c), orjson.dumps(g.get("group_properties") or {}).decode()])
             if len(rows) >= limit:
                 break
     return _envelope(query, _COLUMNS, _TYPES, rows)
