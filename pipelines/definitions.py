@@ -88,6 +88,7 @@ defs = dg.Definitions(
             requests_per_minute=_env("POSTHOG_REQUESTS_PER_MINUTE", "480"),
             requests_per_hour=_env("POSTHOG_REQUESTS_PER_HOUR", "4800"),
             rate_limit_windows=_env("POSTHOG_RATE_LIMIT_WINDOWS", ""),
+            budget_url=_env("POSTHOG_BUDGET_URL", ""),
             state_dir=_env("PIPELINE_STATE_DIR", _DEFAULT_STATE_DIR),
         ),
         "lake": LakeResource(

@@ -8,7 +8,8 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from resources.budget import RequestBudget, budget_bucket
+from resources.budget import budget_bucket, open_budget
+from resources.budget_pg import is_postgres_url, redact_url
 from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
 from resources.posthog_config import ConnectionSettings
@@ -24,7 +25,7 @@ class _RunLog(logging.LoggerAdapter):
     one-line-per-request DEBUG chatter goes to Python logging only, so a million-group sync does
     not store ten thousand events in Dagster's event log."""
 
-    def log(self, level, msg, *args, **kwargs):  # noqa: D102 - LoggerAdapter API
+    def log(self, level, msg, *args, **kwargs):
         target = self.logger if level >= logging.INFO else _DEBUG_LOG
         if target.isEnabledFor(level):
             target.log(level, msg, *args, **kwargs)
@@ -78,6 +79,16 @@ class PostHogResource(dg.ConfigurableResource):
             "For PostHog instances with other limits, and for scaled-down test windows."
         ),
     )
+    budget_url: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Where the rate budget is kept (POSTHOG_BUDGET_URL): empty for the embedded SQLite "
+            "file under state_dir (the processes of one machine share it), or a "
+            "postgresql://user:password@host:5432/db URL so the pods of every machine using "
+            "the key share one budget, on the database's clock."
+        ),
+    )
     state_dir: str = Field(
         default="data/lake",
         description="Lake root; the shared request budget is <state_dir>/_state/budget.sqlite.",
@@ -125,8 +136,14 @@ class PostHogResource(dg.ConfigurableResource):
             raise PostHogConfigError("request retry delays must be >= 0 seconds.")
         if not self.state_dir:
             raise PostHogConfigError("state_dir must name the lake root directory.")
-        budget = RequestBudget(
-            Path(self.state_dir) / BUDGET_RELPATH,
+        budget_url = self.budget_url.strip()
+        if budget_url and not is_postgres_url(budget_url):
+            raise PostHogConfigError(
+                f"POSTHOG_BUDGET_URL={redact_url(budget_url)!r} is not a postgresql:// URL; "
+                "leave it empty for the embedded SQLite budget."
+            )
+        budget = open_budget(
+            budget_url or str(Path(self.state_dir) / BUDGET_RELPATH),
             budget_bucket(settings.origin, settings.api_key),
             windows,
         )

@@ -103,6 +103,7 @@ def test_resource_fields_have_descriptions() -> None:
         "requests_per_minute",
         "requests_per_hour",
         "rate_limit_windows",
+        "budget_url",
         "state_dir",
         "request_timeout",
         "request_max_retries",
