@@ -26,7 +26,7 @@ from assets.tables import (
 from assets.tabular import TABULAR_FORMATS, iter_json_rows
 from resources.errors import PostHogError, PostHogNotFoundError
 from resources.lake import LakeResource
-from resources.posthog import PostHogResource
+from resources.posthog import POSTHOG_POOL, PostHogResource
 
 # rows of one export held in memory at once; bigger files are parsed twice instead
 _PARSE_BUFFER = 20_000
@@ -79,7 +79,7 @@ class ContentsConfig(SyncConfig):
 EXPORTS_FIRST = {"dagster/priority": "1"}
 
 
-@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST)
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds={"posthog"}, op_tags=EXPORTS_FIRST)
 def posthog_requested_exports(
     context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
 ) -> dg.MaterializeResult:
@@ -122,7 +122,7 @@ def posthog_requested_exports(
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_requested_exports],
           op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.exports"})
 def posthog_exports(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
@@ -193,7 +193,7 @@ def _state(export: dict[str, Any]) -> tuple[str, str | None]:
     return "available", None
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_exports],
           op_tags=EXPORTS_FIRST, metadata={"dagster/table_name": "posthog.export_contents"})
 def posthog_export_contents(
     context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,

@@ -21,7 +21,7 @@ from assets.tables import (
     property_value_row,
 )
 from resources.lake import LakeResource
-from resources.posthog import PostHogResource
+from resources.posthog import POSTHOG_POOL, PostHogResource
 from resources.posthog_client import RawGroup
 
 KINDS = {"posthog", "parquet", "duckdb"}
@@ -63,7 +63,7 @@ def _group_types(context: dg.AssetExecutionContext, store, client) -> dict[int, 
     return {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
 
 
-@dg.asset(group_name="posthog", kinds=KINDS,
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
           metadata={"dagster/table_name": "posthog.group_types"})
 def posthog_group_types(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
@@ -80,7 +80,7 @@ def posthog_group_types(
             client.stats, published, preview=rows))
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_group_types],
           metadata={"dagster/table_name": "posthog.groups"})
 def posthog_groups(
     context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
@@ -147,7 +147,7 @@ def _write_gathered(writer, gathered: GroupColumns, preview: list[dict]) -> None
     writer.write_batch(batch)
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_group_types],
           metadata={"dagster/table_name": "posthog.group_property_definitions"})
 def posthog_group_property_definitions(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
@@ -190,7 +190,8 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     return chosen
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_property_definitions],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
+          deps=[posthog_group_property_definitions],
           metadata={"dagster/table_name": "posthog.group_property_values"})
 def posthog_group_property_values(
     context: dg.AssetExecutionContext, config: PropertyValuesConfig, posthog: PostHogResource,

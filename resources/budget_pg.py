@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -54,9 +55,18 @@ _SCHEMA = [
 ]
 
 
+_URL = re.compile(r"^\s*postgres(?:ql)?(?:\+[a-z0-9_]+)?://", re.IGNORECASE)
+
+
 def is_postgres_url(value: str) -> bool:
-    """True for postgresql:// and postgres:// URLs."""
-    return value.strip().lower().startswith(("postgresql://", "postgres://"))
+    """True for postgresql:// and postgres:// URLs, also with a SQLAlchemy driver
+    (postgresql+psycopg2://, as Dagster's instance storage needs it: one URL serves both)."""
+    return bool(_URL.match(value))
+
+
+def libpq_url(value: str) -> str:
+    """The URL as libpq takes it: postgresql://, without a SQLAlchemy driver."""
+    return _URL.sub("postgresql://", value, count=1)
 
 
 def redact_url(url: str) -> str:
@@ -214,7 +224,7 @@ class PostgresRequestBudget:
         if self._conn is not None and self._conn_pid != pid:
             self._inherited.append(self._conn)
         conn = psycopg.connect(
-            self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+            libpq_url(self.url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
             application_name="posthog-pipeline budget",
         )
         with conn.transaction():

@@ -14,7 +14,13 @@ from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
 from resources.posthog_config import ConnectionSettings
 
-__all__ = ["PostHogResource"]
+__all__ = ["POSTHOG_POOL", "PostHogResource"]
+
+# The Dagster concurrency pool of every step that calls PostHog. No limit unless the instance
+# sets one (`dagster instance concurrency set posthog_api 2`, or dagster.yaml's
+# concurrency.pools.default_limit): then runs for many projects (a backfill) queue their PostHog
+# steps instead of all waiting on the one rate budget at once. See docs/OPERATIONS.md.
+POSTHOG_POOL = "posthog_api"
 
 BUDGET_RELPATH = Path("_state") / "budget.sqlite"
 _DEBUG_LOG = logging.getLogger("posthog_pipeline.client")

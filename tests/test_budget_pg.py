@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from resources.budget import RequestBudget, budget_bucket, open_budget
-from resources.budget_pg import PostgresRequestBudget, redact_url
+from resources.budget_pg import PostgresRequestBudget, libpq_url, redact_url
 from resources.errors import PostHogConfigError
 from resources.posthog import PostHogResource
 from tests.budget_workers import acquire_and_report, hammer_pg
@@ -184,7 +184,9 @@ def test_pg_budget_many_processes_create_the_tables_at_once(pg_url: str) -> None
 def test_pg_budget_reconnects_after_the_server_drops_it(pg_url: str) -> None:
     with PostgresRequestBudget(pg_url, BUCKET, [(100, 60.0)]) as budget:
         budget.acquire()
-        (pid,) = budget._conn.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[union-attr]
+        conn = budget._conn
+        assert conn is not None
+        (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert budget.acquire() == 0.0
@@ -222,6 +224,16 @@ def test_open_budget_chooses_the_store(tmp_path: Path) -> None:
     assert isinstance(open_budget(str(tmp_path / "b.sqlite"), BUCKET, [(1, 1.0)]), RequestBudget)
     pg = open_budget("postgresql://u@h/db", BUCKET, [(1, 1.0)])
     assert isinstance(pg, PostgresRequestBudget)
+    assert libpq_url("postgresql+psycopg2://u:p@h:5/db") == "postgresql://u:p@h:5/db"
+    assert libpq_url("POSTGRES://u@h/db") == "postgresql://u@h/db"
+
+
+def test_pg_budget_takes_a_sqlalchemy_url_as_dagster_does(pg_url: str) -> None:
+    """DAGSTER_PG_URL needs postgresql+psycopg2:// (deploy/dagster.yaml); the same URL works."""
+    url = pg_url.replace("postgresql://", "postgresql+psycopg2://")
+    with PostgresRequestBudget(url, BUCKET, [(5, 1.0)]) as budget:
+        assert budget.acquire() == 0.0
+    assert len(stored_timestamps(pg_url)) == 1
 
 
 def test_resource_budget_url_must_be_postgres(tmp_path: Path) -> None:
