@@ -1,6 +1,7 @@
 """PostHogResource: configuration for the PostHog private API and a factory for PostHogClient."""
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from resources.budget_pg import is_postgres_url, redact_url
 from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
 from resources.posthog_config import ConnectionSettings
+from resources.projects import ProjectConfig
 
 __all__ = ["POSTHOG_POOL", "PostHogResource"]
 
@@ -122,11 +124,21 @@ class PostHogResource(dg.ConfigurableResource):
         *,
         logger: logging.Logger | None = None,
         transport: httpx.BaseTransport | None = None,
+        project: ProjectConfig | None = None,
     ) -> PostHogClient:
-        """Validate the configuration and return a budgeted client (use it with `with`)."""
-        settings = ConnectionSettings.from_raw(
-            host=self.host, project_id=self.project_id, api_key=self.personal_api_key
-        )
+        """Validate the configuration and return a budgeted client (use it with `with`).
+
+        `project` (resources/projects.py) names another project: its host and id, and its key
+        read at run time from the variable it names. Projects sharing a host and key share one
+        budget bucket; other keys have their own."""
+        host, project_id, api_key = self.host, self.project_id, self.personal_api_key
+        if project is not None:
+            host, project_id = project.host, project.project_id
+            api_key = os.environ.get(project.key_env, "")
+            if not api_key.strip():
+                raise PostHogConfigError(
+                    f"project {project.label}: {project.key_env} (its key) is not set")
+        settings = ConnectionSettings.from_raw(host=host, project_id=project_id, api_key=api_key)
         if self.rate_limit_windows.strip():
             windows = _parse_windows(self.rate_limit_windows)
         else:

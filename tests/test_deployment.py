@@ -143,3 +143,21 @@ def test_deployment_two_machines_one_key_postgres_instance_s3_lake(
     for count, seconds in WINDOWS:
         assert busiest[seconds] <= count
     assert 1 <= overlap <= POOL_LIMIT
+
+
+def test_deployment_operations_doc_shows_the_instance_file_the_test_uses() -> None:
+    """The dagster.yaml snippets docs/OPERATIONS.md gives for production are deploy/dagster.yaml,
+    the file the deployment test runs on, key for key."""
+    import re
+
+    import yaml
+
+    instance = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    doc = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    snippets = [yaml.safe_load(text) for text in re.findall(r"^```yaml\n(.*?)^```$", doc,
+                                                              flags=re.DOTALL | re.MULTILINE)]
+    storage = [s for s in snippets if "storage" in s]
+    pools = [s for s in snippets if "pools" in (s.get("concurrency") or {})]
+    assert storage == [{"storage": instance["storage"]}]
+    assert pools == [{"concurrency": instance["concurrency"]}]
+    assert instance["concurrency"]["pools"]["default_limit"] == POOL_LIMIT

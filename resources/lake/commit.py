@@ -87,6 +87,23 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
            props: CommitProperties, configuration: dict[str, str] | None) -> int | None:
     options = location.storage_options
     existing = open_table(location, uri)
+    require_scope_column(location, spec, existing, uri)
+    scoped = scope_predicate(spec, staged.scope_value)
+    if spec.mode == "snapshot" and existing is not None and scoped:
+        # this scope's rows are replaced; every other scope's stay as they were
+        write_deltalake(
+            existing, staged.batches(), mode="overwrite", schema_mode="merge", predicate=scoped,
+            storage_options=options, commit_properties=props,
+        )
+        return _version(location, uri)
+    if existing is None and scoped:
+        # Append, not overwrite: another source's sync may create the table meanwhile, and an
+        # overwrite would then replace its rows; appending our scope's rows is right either way.
+        write_deltalake(
+            uri, staged.batches(), mode="append", description=spec.description or None,
+            storage_options=options, configuration=configuration, commit_properties=props,
+        )
+        return _version(location, uri)
     if spec.mode == "snapshot" or existing is None:
         # a snapshot replaces the table; a keyed table's first commit creates it
         write_deltalake(
@@ -98,7 +115,7 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
     if spec.mode == "merge":
         if not staged.rows_written:
             return None
-        predicate = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in spec.key)
+        predicate = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in spec.match_key)
         (
             existing.merge(staged.batches(), predicate, source_alias="s", target_alias="t",
                            merge_schema=True, commit_properties=props)
@@ -114,10 +131,68 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
     (column,) = spec.key
     write_deltalake(
         existing, staged.batches(), mode="overwrite", schema_mode="merge",
-        predicate=f"{column} IN ({', '.join(_sql_value(v) for v in values)})",
+        predicate=" AND ".join(filter(None, [
+            scoped, f"{column} IN ({', '.join(_sql_value(v) for v in values)})"])),
         storage_options=options, commit_properties=props,
     )
     return _version(location, uri)
+
+
+def require_scope_column(location: Location, spec: TableSpec, existing: DeltaTable | None,
+                         uri: str) -> None:
+    """Refuse a scoped commit to a table written before it was scoped (its rows would mix)."""
+    if spec.scope is not None and existing is not None \
+            and spec.scope not in existing.schema().to_arrow().names:
+        raise LakeError(
+            f"{spec.name}: the table at {uri} has no {spec.scope} column (written before "
+            f"tables were scoped); migrate it first (Lake.add_scope with its one project id)")
+
+
+def add_scope_column(location: Location, schema: str, spec: TableSpec, value: int | str, *,
+                     run_id: str | None = None) -> bool:
+    """Give a table written before it was scoped its scope column, every row set to ``value``
+    (the one source it held), in one overwrite commit; False when there is nothing to do (no
+    table yet, or it has the column already). Time travel keeps the unscoped versions."""
+    import pyarrow as pa
+
+    assert spec.scope is not None
+    uri = table_uri(location, schema, spec.name)
+    existing = open_table(location, uri)
+    if existing is None or spec.scope in existing.schema().to_arrow().names:
+        return False
+    target = spec.full_schema
+    scope_type = target.field(spec.scope).type
+    dataset = existing.to_pyarrow_dataset()
+
+    def batches():
+        for batch in dataset.to_batches():
+            columns = []
+            for field in target:
+                if field.name == spec.scope:
+                    columns.append(pa.array([value] * batch.num_rows, type=scope_type))
+                elif field.name in batch.schema.names:
+                    columns.append(batch.column(field.name).cast(field.type))
+                else:
+                    columns.append(pa.nulls(batch.num_rows, field.type))
+            yield pa.RecordBatch.from_arrays(columns, schema=target)
+
+    rows = existing.to_pyarrow_dataset().count_rows()
+    props = CommitProperties(custom_metadata={
+        f"{META_PREFIX}operation": f"add scope column {spec.scope} = {value}",
+        f"{META_PREFIX}rows_written": str(rows),
+        **({f"{META_PREFIX}run_id": run_id} if run_id else {}),
+    })
+    write_deltalake(existing, pa.RecordBatchReader.from_batches(target, batches()),
+                    mode="overwrite", schema_mode="overwrite",
+                    storage_options=location.storage_options, commit_properties=props)
+    return True
+
+
+def scope_predicate(spec: TableSpec, value: int | str | None) -> str | None:
+    """``scope = value`` as a Delta predicate, None for an unscoped table."""
+    if spec.scope is None:
+        return None
+    return f"{spec.scope} = {_sql_value(value)}"
 
 
 def _version(location: Location, uri: str) -> int:
@@ -128,7 +203,7 @@ def _version(location: Location, uri: str) -> int:
 
 def _sql_value(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise LakeError(f"replace_keys supports integer or text keys, not {value!r}")
+        raise LakeError(f"keys and scopes must be integer or text, not {value!r}")
     if isinstance(value, int):
         return str(value)
     return "'" + value.replace("'", "''") + "'"

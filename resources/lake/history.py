@@ -38,9 +38,12 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
     uri = table_uri(location, schema, history.name)
     at = staged.synced_at
     existing = open_table(location, uri)
-    key = [quote(k) for k in spec.key]
-    tracked = [quote(f.name) for f in spec.schema if f.name not in spec.key
+    # matched on the scope too, and only this sync's scope's open versions are compared
+    key = [quote(k) for k in spec.match_key]
+    tracked = [quote(f.name) for f in spec.schema if f.name not in spec.match_key
                and f.name != SYNCED_AT]
+    in_scope = (f" AND {quote(spec.scope)} = {literal(str(staged.scope_value))}"
+                if spec.scope is not None else "")
     columns = [quote(f.name) for f in history.full_schema]
     new = f"read_parquet({parquet_list(staged.files)})" if staged.files else None
     spill = work_dir / f"history-{spec.name}.spill"
@@ -61,14 +64,18 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
             )
             props = commit_properties(asset, run_id, at, rows)
             faults.point(f"before_commit:{history.name}")
-            write_deltalake(uri, _cast(source, history), mode="overwrite",
-                            schema_mode="overwrite", description=history.description,
+            # a scoped history may be created by another source's sync at the same moment:
+            # append (see commit._write), an overwrite would replace its rows
+            write_deltalake(uri, _cast(source, history),
+                            mode="append" if spec.scope is not None else "overwrite",
+                            schema_mode=None if spec.scope is not None else "overwrite",
+                            description=history.description,
                             configuration=configuration,
                             storage_options=location.storage_options, commit_properties=props)
             faults.point(f"after_commit:{history.name}")
             return Committed(history.name, open_table(location, uri).version(), rows, uri)
         open_rows = (f"(SELECT * FROM {_open_source(con, location, existing, history)} "
-                     f"WHERE {quote(VALID_TO)} IS NULL)")
+                     f"WHERE {quote(VALID_TO)} IS NULL{in_scope})")
         keys = ", ".join(key)
         con.execute(
             "CREATE TEMP TABLE changed AS SELECT "
@@ -92,7 +99,7 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
         source = con.sql(f"SELECT {', '.join(columns)} FROM ({opened}) "
                          f"UNION ALL BY NAME SELECT {', '.join(columns)} FROM ({closed})")
         predicate = " AND ".join(
-            f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in (*spec.key, VALID_FROM))
+            f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in (*spec.match_key, VALID_FROM))
         props = commit_properties(asset, run_id, at, changes)
         faults.point(f"before_commit:{history.name}")
         (
