@@ -20,12 +20,18 @@ def scoped_groups_spec():
         scope="project_id")
 
 
-def sync_project_repeatedly(root: str, project: int, syncs: int, ready, go) -> None:
-    """`syncs` snapshots of 50 groups for one project, each changing every group."""
+def sync_project_repeatedly(root: str, project: int, syncs: int, ready, go,
+                            lake_root: str | None = None, env: dict | None = None) -> None:
+    """`syncs` snapshots of 50 groups for one project, each changing every group; the lake at
+    `lake_root` (default <root>/lake), with `env` (e.g. the S3 server's AWS_*) set first."""
+    import os
+
+    os.environ.update(env or {})
     from resources.lake import Lake
 
     spec = scoped_groups_spec()
-    lake = Lake(f"{root}/lake", f"{root}/wh{project}.duckdb", f"{root}/state{project}")
+    lake = Lake(lake_root or f"{root}/lake", f"{root}/wh{project}.duckdb",
+                f"{root}/state{project}")
     ready.put(project)
     go.wait(60)
     for i in range(syncs):

@@ -152,7 +152,10 @@ def test_scope_on_s3_two_projects_one_replaced(tmp_path: Path, s3_bucket, monkey
     assert lake.query("SELECT count(*) FROM posthog.groups_history") == [(4,)]
 
 
-def test_scope_two_projects_committing_at_once_both_land_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_scope_two_projects_committing_at_once_both_land_exactly(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two processes sync different projects into one table at the same moments: a commit that
     loses the race is redone (none fails), the first commits create the table without either
     replacing the other's rows, and each project's rows and history are exact."""
@@ -160,9 +163,16 @@ def test_scope_two_projects_committing_at_once_both_land_exactly(tmp_path: Path)
 
     from tests.lake_workers import scoped_groups_spec, sync_project_repeatedly
 
+    lake_root, env = str(tmp_path / "lake"), {}
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        lake_root, env = bucket.uri("lake"), bucket.env()
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
     ctx = multiprocessing.get_context("spawn")
     ready, go = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=sync_project_repeatedly, args=(str(tmp_path), p, 5, ready, go))
+    procs = [ctx.Process(target=sync_project_repeatedly,
+                         args=(str(tmp_path), p, 5, ready, go, lake_root, env))
              for p in (1, 2)]
     for proc in procs:
         proc.start()
@@ -172,13 +182,13 @@ def test_scope_two_projects_committing_at_once_both_land_exactly(tmp_path: Path)
     for proc in procs:
         proc.join(timeout=300)
     assert [proc.exitcode for proc in procs] == [0, 0]
-    lake = Lake(str(tmp_path / "lake"), tmp_path / "wh.duckdb", tmp_path / "state")
+    lake = Lake(lake_root, tmp_path / "wh.duckdb", tmp_path / "state")
     lake.register(scoped_groups_spec())
     lake.refresh_views()
-    assert query(lake, "SELECT project_id, count(*), min(group_properties::VARCHAR), "
+    assert lake.query("SELECT project_id, count(*), min(group_properties::VARCHAR), "
                        "max(group_properties::VARCHAR) FROM posthog.groups GROUP BY 1 "
                        "ORDER BY 1") == [(1, 50, '{"i":4}', '{"i":4}'),
                                          (2, 50, '{"i":4}', '{"i":4}')]
-    assert query(lake, "SELECT project_id, count(*), count(*) FILTER (valid_to IS NULL) "
+    assert lake.query("SELECT project_id, count(*), count(*) FILTER (valid_to IS NULL) "
                        "FROM posthog.groups_history GROUP BY 1 ORDER BY 1") == [
         (1, 250, 50), (2, 250, 50)]
