@@ -29,7 +29,7 @@ from assets.tables import (
 from assets.tabular import JSONL_FORMAT, TABULAR_FORMATS, iter_json_rows
 from resources.errors import PostHogError, PostHogNotFoundError
 from resources.lake import LakeResource
-from resources.posthog import PostHogResource
+from resources.posthog import POSTHOG_POOL, PostHogResource
 
 # rows of one export held in memory at once; bigger files are parsed twice instead
 _PARSE_BUFFER = 20_000
@@ -83,8 +83,8 @@ class ContentsConfig(SyncConfig):
 EXPORTS_FIRST = {"dagster/priority": "1"}
 
 
-@dg.asset(group_name="posthog", kinds={"posthog"}, op_tags=EXPORTS_FIRST,
-          metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA})
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds={"posthog"},
+          op_tags=EXPORTS_FIRST, metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA})
 def posthog_requested_exports(
     context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
 ) -> dg.MaterializeResult:
@@ -127,8 +127,8 @@ def posthog_requested_exports(
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_requested_exports],
-          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORTS))
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
+          deps=[posthog_requested_exports], op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORTS))
 def posthog_exports(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
     lake: LakeResource,
@@ -205,7 +205,7 @@ ARCHIVE_WARN_WINDOW = timedelta(hours=2)
 ARCHIVE_FAIL_WINDOW = timedelta(hours=6)
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_exports],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_exports],
           op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORT_CONTENTS),
           freshness_policy=dg.FreshnessPolicy.time_window(
               warn_window=ARCHIVE_WARN_WINDOW, fail_window=ARCHIVE_FAIL_WINDOW),

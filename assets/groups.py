@@ -24,7 +24,7 @@ from assets.tables import (
 )
 from resources.lake import LakeResource
 from resources.errors import PostHogAPIError
-from resources.posthog import PostHogResource, parse_groups_source
+from resources.posthog import POSTHOG_POOL, PostHogResource, parse_groups_source
 from resources.posthog_client import RawGroup
 from resources.posthog_query import (
     MAX_QUERY_ROWS,
@@ -95,7 +95,7 @@ def _group_types(context: dg.AssetExecutionContext, store, client) -> dict[int, 
     return {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
 
 
-@dg.asset(group_name="posthog", kinds=KINDS,
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
           metadata=table_metadata(GROUP_TYPES))
 def posthog_group_types(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
@@ -112,7 +112,7 @@ def posthog_group_types(
             client.stats, published, preview=rows))
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_group_types],
           metadata=table_metadata(GROUPS))
 def posthog_groups(
     context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
@@ -273,7 +273,7 @@ def _write_gathered(writer, gathered: GroupColumns, preview: list[dict]) -> None
     writer.write_batch(batch)
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_types],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_group_types],
           metadata=table_metadata(GROUP_PROPERTY_DEFINITIONS))
 def posthog_group_property_definitions(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
@@ -319,7 +319,8 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     return chosen
 
 
-@dg.asset(group_name="posthog", kinds=KINDS, deps=[posthog_group_property_definitions],
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
+          deps=[posthog_group_property_definitions],
           metadata=table_metadata(GROUP_PROPERTY_VALUES))
 def posthog_group_property_values(
     context: dg.AssetExecutionContext, config: PropertyValuesConfig, posthog: PostHogResource,

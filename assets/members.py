@@ -12,10 +12,10 @@ from assets.metadata import sync_metadata
 from assets.tables import EXPLICIT_MEMBERS, explicit_member_row, table_metadata
 from resources.errors import PostHogEndpointMissingError
 from resources.lake import LakeResource
-from resources.posthog import PostHogResource
+from resources.posthog import POSTHOG_POOL, PostHogResource
 
 
-@dg.asset(group_name="posthog", kinds=KINDS,
+@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
           metadata=table_metadata(EXPLICIT_MEMBERS))
 def posthog_explicit_members(
     context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
@@ -58,7 +58,7 @@ class DeleteMembersConfig(dg.Config):
     )
 
 
-@dg.op
+@dg.op(pool=POSTHOG_POOL)
 def delete_explicit_members(
     context: dg.OpExecutionContext, config: DeleteMembersConfig, posthog: PostHogResource
 ) -> dg.Output[list[str]]:

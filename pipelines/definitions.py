@@ -31,6 +31,7 @@ defs = posthog_definitions(
     rate_limit_windows=_env("POSTHOG_RATE_LIMIT_WINDOWS", ""),
     query_requests_per_hour=_env("POSTHOG_QUERY_REQUESTS_PER_HOUR", "120"),
     groups_source=_env("POSTHOG_GROUPS_SOURCE", "auto"),
+    budget_url=_env("POSTHOG_BUDGET_URL", ""),
     state_dir=_env("PIPELINE_STATE_DIR", _DEFAULT_STATE_DIR),
     lake_root=_env("LAKE_ROOT", "data/lake"),
     duckdb_database=_env("DUCKDB_DATABASE", "data/warehouse.duckdb"),

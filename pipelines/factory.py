@@ -57,6 +57,7 @@ def posthog_definitions(
     rate_limit_windows: Setting = "",
     query_requests_per_hour: Setting = "120",
     groups_source: Setting = "auto",
+    budget_url: Setting = "",
     retention_hours: Setting = "168",
     include_executor: bool = True,
 ) -> dg.Definitions:
@@ -82,6 +83,7 @@ def posthog_definitions(
         rate_limit_windows=rate_limit_windows,
         query_requests_per_hour=query_requests_per_hour,
         groups_source=groups_source,
+        budget_url=budget_url,
         state_dir=state_dir,
     )
     lake = LakeResource(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import filelock
 
-__all__ = ["GENERAL", "QUERY", "RequestBudget", "budget_bucket"]
+__all__ = [
+    "GENERAL", "QUERY", "RequestBudget", "budget_bucket", "open_budget", "validated_windows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,32 @@ def budget_bucket(host: str, api_key: str, scope: str = GENERAL) -> str:
     return digest if scope == GENERAL else f"{digest}:{scope}"
 
 
+def validated_windows(limits: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+    """(count, seconds) windows checked, with the unlimited ones (count 0) left out."""
+    windows: list[tuple[int, float]] = []
+    for count, seconds in limits:
+        if int(count) != count or count < 0:
+            raise ValueError(f"window count must be an integer >= 0, got {count!r}")
+        if not seconds > 0:
+            raise ValueError(f"window length must be > 0 seconds, got {seconds!r}")
+        if count > 0:  # 0 means this window is unlimited
+            windows.append((int(count), float(seconds)))
+    return tuple(windows)
+
+
+def open_budget(
+    store: str | Path, bucket: str, limits: Sequence[tuple[int, float]]
+) -> RequestBudget:
+    """The budget kept in `store`: a postgresql:// URL (shared by every machine reaching that
+    database), else the path of the embedded SQLite file (shared by the processes of one
+    machine)."""
+    from resources.budget_pg import PostgresRequestBudget, is_postgres_url
+
+    if isinstance(store, str) and is_postgres_url(store):
+        return PostgresRequestBudget(store, bucket, limits)  # type: ignore[return-value]
+    return RequestBudget(Path(store), bucket, limits)
+
+
 class RequestBudget:
     """Blocks until a request fits every sliding window, as recorded by all users of `path`."""
 
@@ -73,17 +101,9 @@ class RequestBudget:
             raise ValueError("bucket must be a non-empty string")
         if safety < 0:
             raise ValueError("safety must be >= 0 seconds")
-        windows: list[tuple[int, float]] = []
-        for count, seconds in limits:
-            if int(count) != count or count < 0:
-                raise ValueError(f"window count must be an integer >= 0, got {count!r}")
-            if not seconds > 0:
-                raise ValueError(f"window length must be > 0 seconds, got {seconds!r}")
-            if count > 0:  # 0 means this window is unlimited
-                windows.append((int(count), float(seconds)))
         self.path = Path(path)
         self.bucket = bucket
-        self.limits: tuple[tuple[int, float], ...] = tuple(windows)
+        self.limits = validated_windows(limits)
         self.safety = float(safety)
         self._clock = clock
         self._sleep = sleep

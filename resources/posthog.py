@@ -1,6 +1,7 @@
 """PostHogResource: configuration for the PostHog private API and a factory for PostHogClient."""
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -8,12 +9,26 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from resources.budget import QUERY, RequestBudget, budget_bucket
+from resources.budget import QUERY, budget_bucket, open_budget
+from resources.budget_pg import is_postgres_url, redact_url
 from resources.errors import PostHogConfigError
 from resources.posthog_client import PostHogClient
-from resources.posthog_config import ConnectionSettings, config_problems, format_problems
+from resources.posthog_config import (
+    ConnectionSettings,
+    config_problems,
+    format_problems,
+    normalize_host,
+    validate_project_id,
+)
+from resources.projects import ProjectConfig
 
-__all__ = ["PostHogResource"]
+__all__ = ["POSTHOG_POOL", "PostHogResource"]
+
+# The Dagster concurrency pool of every step that calls PostHog. No limit unless the instance
+# sets one (`dagster instance concurrency set posthog_api 2`, or dagster.yaml's
+# concurrency.pools.default_limit): then runs for many projects (a backfill) queue their PostHog
+# steps instead of all waiting on the one rate budget at once. See docs/OPERATIONS.md.
+POSTHOG_POOL = "posthog_api"
 
 BUDGET_RELPATH = Path("_state") / "budget.sqlite"
 _DEBUG_LOG = logging.getLogger("posthog_pipeline.client")
@@ -24,7 +39,7 @@ class _RunLog(logging.LoggerAdapter):
     one-line-per-request DEBUG chatter goes to Python logging only, so a million-group sync does
     not store ten thousand events in Dagster's event log."""
 
-    def log(self, level, msg, *args, **kwargs):  # noqa: D102 - LoggerAdapter API
+    def log(self, level, msg, *args, **kwargs):
         target = self.logger if level >= logging.INFO else _DEBUG_LOG
         if target.isEnabledFor(level):
             target.log(level, msg, *args, **kwargs)
@@ -97,6 +112,16 @@ class PostHogResource(dg.ConfigurableResource):
             "it saves requests when the key has query:read, REST otherwise."
         ),
     )
+    budget_url: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Where the rate budget is kept (POSTHOG_BUDGET_URL): empty for the embedded SQLite "
+            "file under state_dir (the processes of one machine share it), or a "
+            "postgresql://user:password@host:5432/db URL so the pods of every machine using "
+            "the key share one budget, on the database's clock."
+        ),
+    )
     state_dir: str = Field(
         default="data/lake",
         description="Lake root; the shared request budget is <state_dir>/_state/budget.sqlite.",
@@ -119,12 +144,30 @@ class PostHogResource(dg.ConfigurableResource):
         ),
     )
 
-    def config_problems(self) -> list[str]:
+    def _connection(self, project: ProjectConfig | None) -> tuple[str, str, str, str | None]:
+        """host, project id and key of the default project or of `project` (its key read from
+        the variable it names), and the problem when that variable is not set."""
+        if project is None:
+            return self.host, self.project_id, self.personal_api_key, None
+        api_key = os.environ.get(project.key_env, "")
+        missing = (None if api_key.strip() else
+                   f"project {project.label}: {project.key_env} (its key) is not set")
+        return project.host, project.project_id, api_key, missing
+
+    def config_problems(self, project: ProjectConfig | None = None) -> list[str]:
         """Every configuration problem at once, one line each naming what to fix (empty: the
-        resource can build a client). Never shows the key."""
-        problems = config_problems(
-            host=self.host, project_id=self.project_id, api_key=self.personal_api_key
-        )
+        resource can build a client, for `project` when given). Never shows the key."""
+        host, project_id, api_key, key_missing = self._connection(project)
+        if key_missing is None:
+            problems = config_problems(host=host, project_id=project_id, api_key=api_key)
+        else:
+            problems = []
+            for validate, value in ((normalize_host, host), (validate_project_id, project_id)):
+                try:
+                    validate(value)
+                except PostHogConfigError as exc:
+                    problems.append(exc.description)
+            problems.append(key_missing)
         try:
             if self.rate_limit_windows.strip():
                 _parse_windows(self.rate_limit_windows)
@@ -149,6 +192,12 @@ class PostHogResource(dg.ConfigurableResource):
             problems.append("request retry delays must be >= 0 seconds.")
         if not self.state_dir:
             problems.append("state_dir must name the lake root directory.")
+        budget_url = self.budget_url.strip()
+        if budget_url and not is_postgres_url(budget_url):
+            problems.append(
+                f"POSTHOG_BUDGET_URL={redact_url(budget_url)!r} is not a postgresql:// URL; "
+                "leave it empty for the embedded SQLite budget."
+            )
         return problems
 
     def get_client(
@@ -156,14 +205,18 @@ class PostHogResource(dg.ConfigurableResource):
         *,
         logger: logging.Logger | None = None,
         transport: httpx.BaseTransport | None = None,
+        project: ProjectConfig | None = None,
     ) -> PostHogClient:
-        """Validate the configuration and return a budgeted client (use it with `with`)."""
-        problems = self.config_problems()
+        """Validate the configuration and return a budgeted client (use it with `with`).
+
+        `project` (resources/projects.py) names another project: its host and id, and its key
+        read at run time from the variable it names. Projects sharing a host and key share one
+        budget bucket (one per throttle scope); other keys have their own."""
+        problems = self.config_problems(project)
         if problems:
             raise PostHogConfigError(format_problems(problems))
-        settings = ConnectionSettings.from_raw(
-            host=self.host, project_id=self.project_id, api_key=self.personal_api_key
-        )
+        host, project_id, api_key, _ = self._connection(project)
+        settings = ConnectionSettings.from_raw(host=host, project_id=project_id, api_key=api_key)
         if self.rate_limit_windows.strip():
             windows = _parse_windows(self.rate_limit_windows)
         else:
@@ -174,13 +227,15 @@ class PostHogResource(dg.ConfigurableResource):
         query_per_hour = _parse_rate(
             self.query_requests_per_hour, "POSTHOG_QUERY_REQUESTS_PER_HOUR"
         )
-        budget = RequestBudget(
-            Path(self.state_dir) / BUDGET_RELPATH,
+        # the embedded SQLite file, or PostgreSQL (POSTHOG_BUDGET_URL) for both buckets
+        store = self.budget_url.strip() or str(Path(self.state_dir) / BUDGET_RELPATH)
+        budget = open_budget(
+            store,
             budget_bucket(settings.origin, settings.api_key),
             windows,
         )
-        query_budget = RequestBudget(
-            Path(self.state_dir) / BUDGET_RELPATH,
+        query_budget = open_budget(
+            store,
             budget_bucket(settings.origin, settings.api_key, QUERY),
             [(query_per_hour, 3600.0)],
         )

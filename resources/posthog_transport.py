@@ -173,8 +173,11 @@ class Transport:
         )
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool and the budget's connection to its store."""
         self.http.close()
+        close_budget = getattr(self.budget, "close", None)
+        if close_budget is not None:
+            close_budget()
 
     # ---- building requests --------------------------------------------------------------
 

@@ -6,7 +6,8 @@ import pytest
 
 from tests.helpers import SimEnv, start_sim
 
-pytest_plugins = ("tests.s3_fixtures",)  # s3_server, s3_bucket
+# s3_server, s3_bucket; pg_server, pg_url
+pytest_plugins = ("tests.s3_fixtures", "tests.pg_fixtures")
 
 
 @pytest.fixture

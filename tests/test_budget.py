@@ -228,7 +228,9 @@ def test_budget_processes_never_exceed_a_window(tmp_path: Path) -> None:
 
 
 def _first_acquire(path: str, start_at: float) -> None:
-    budget = RequestBudget(Path(path), BUCKET, [(1000, 1.0)], safety=0.0)
+    # A long window: on a loaded machine the children reach start_at seconds apart, and a
+    # 1 s window pruned the earlier ones' rows before they were counted.
+    budget = RequestBudget(Path(path), BUCKET, [(1000, 600.0)], safety=0.0)
     while time.time() < start_at:
         time.sleep(0.001)
     budget.acquire()

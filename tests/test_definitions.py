@@ -268,3 +268,17 @@ def test_preflight_checks_only_what_the_runs_steps_use(tmp_path, monkeypatch, jo
         [failure] = failures
         assert "POSTHOG_PERSONAL_API_KEY" in failure.event_specific_data.error.message
         assert not [e for e in result.all_events if e.is_step_start]
+
+
+def test_definitions_every_step_calling_posthog_is_in_the_posthog_pool():
+    """The steps that take the posthog resource, and only they, are in the pool that
+    deploy/dagster.yaml limits (so runs for many projects queue their PostHog steps)."""
+    from resources.posthog import POSTHOG_POOL
+
+    nodes = [*defs.resolve_implicit_global_asset_job_def().graph.node_defs,
+             *defs.resolve_job_def("delete_explicit_members_job").graph.node_defs]
+    calling = {n.name for n in nodes if "posthog" in n.required_resource_keys}
+    pooled = {n.name for n in nodes if n.pool == POSTHOG_POOL}
+    assert calling == pooled
+    assert CONTRACT_ASSETS <= calling
+    assert not any(n.pool for n in nodes if n.name not in calling)

@@ -105,6 +105,7 @@ def test_resource_fields_have_descriptions() -> None:
         "rate_limit_windows",
         "query_requests_per_hour",
         "groups_source",
+        "budget_url",
         "state_dir",
         "request_timeout",
         "request_max_retries",

@@ -4,7 +4,11 @@ A table's commit is atomic: the data files are put in the table's directory firs
 so no reader sees them; vacuum removes them if the commit never comes), then one log entry names
 them. A snapshot, and rows for keys no current file holds, are committed by adding the staged
 files as they are (encoded once, by pyarrow); a merge, and a replacement of rows some current
-file holds, go through delta-rs's own merge and predicate overwrite.
+file holds, go through delta-rs's own merge and predicate overwrite. A scoped table
+(``TableSpec.scope``) is shared by several sources: its snapshot replaces only its scope's rows (a
+delta-rs overwrite with the predicate ``scope = value``), its first commit appends (another
+source may create the table at the same moment), merges and ``replace_keys`` match within the
+scope.
 
 Several tables are committed one after another in the order the caller gives, so the caller
 orders them to be safe at every boundary (e.g. an export's rows before the record that says it
@@ -101,14 +105,32 @@ def commit(location: Location, schema: str, staged: StagedTable, *, asset: str |
 def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
            props: CommitProperties, configuration: dict[str, str] | None) -> int | None:
     existing = open_table(location, uri)
+    require_scope_column(location, spec, existing, uri)
+    scoped = scope_predicate(spec, staged.scope_value)
+    if spec.mode == "snapshot" and existing is not None and scoped:
+        # this scope's rows are replaced; every other scope's stay as they were
+        write_deltalake(
+            existing, staged.batches(), mode="overwrite", schema_mode="merge", predicate=scoped,
+            storage_options=location.storage_options, commit_properties=props,
+        )
+        return _version(location, uri)
+    if existing is None and scoped:
+        # Append, not overwrite: another source's sync may create the table meanwhile, and an
+        # overwrite would then replace its rows; appending our scope's rows is right either way.
+        write_deltalake(
+            uri, staged.batches(), mode="append", description=spec.description or None,
+            storage_options=location.storage_options, configuration=configuration,
+            commit_properties=props,
+        )
+        return _version(location, uri)
     if spec.mode == "snapshot" or existing is None:
-        # a snapshot replaces the table; a keyed table's first commit creates it
+        # an unscoped snapshot replaces the table; a keyed table's first commit creates it
         return add_files(location, uri, staged.files, spec, props, mode="overwrite",
                          existing=existing, configuration=configuration)
     if spec.mode == "merge":
         if not staged.rows_written:
             return None
-        predicate = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in spec.key)
+        predicate = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in spec.match_key)
         (
             existing.merge(staged.batches(), predicate, source_alias="s", target_alias="t",
                            merge_schema=True, commit_properties=props)
@@ -128,7 +150,8 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
                          existing=existing)
     write_deltalake(
         existing, staged.batches(), mode="overwrite", schema_mode="merge",
-        predicate=f"{column} IN ({', '.join(_sql_value(v) for v in values)})",
+        predicate=" AND ".join(filter(None, [
+            scoped, f"{column} IN ({', '.join(_sql_value(v) for v in values)})"])),
         storage_options=location.storage_options, commit_properties=props,
     )
     return _version(location, uri)
@@ -139,21 +162,44 @@ def add_files(location: Location, uri: str, files: list[Path], spec: TableSpec,
               configuration: dict[str, str] | None = None) -> int:
     """Put local Parquet files into the table and commit them in one log entry (``overwrite``
     also removes every current file from the new version)."""
-    actions = [_put(location, uri, path, spec) for path in files]
-    schema = DeltaSchema.from_arrow(spec.full_schema)
-    if existing is None:
-        create_table_with_add_actions(
-            uri, schema, actions, mode="overwrite", description=spec.description or None,
-            configuration=configuration, storage_options=location.storage_options,
-            commit_properties=props)
-    else:
-        existing.create_write_transaction(actions, mode=mode, schema=schema,
-                                          commit_properties=props)
+    moved: list[tuple[Path, str]] = []
+    try:
+        actions = []
+        for path in files:
+            action, target = _put(location, uri, path, spec)
+            actions.append(action)
+            moved.append((path, target))
+        schema = DeltaSchema.from_arrow(spec.full_schema)
+        if existing is None:
+            create_table_with_add_actions(
+                uri, schema, actions, mode="overwrite", description=spec.description or None,
+                configuration=configuration, storage_options=location.storage_options,
+                commit_properties=props)
+        else:
+            existing.create_write_transaction(actions, mode=mode, schema=schema,
+                                              commit_properties=props)
+    except BaseException:
+        # the commit did not happen: the staged files go back where they were, so that a
+        # retry (a concurrent commit won, see lake._on_conflict_retry) commits them again
+        _put_back(location, moved)
+        raise
     return _version(location, uri)
 
 
-def _put(location: Location, uri: str, path: Path, spec: TableSpec) -> AddAction:
-    """Move (local) or upload (S3) one staged file into the table; its add action."""
+def _put_back(location: Location, moved: list[tuple[Path, str]]) -> None:
+    if not location.is_local:
+        return  # uploaded copies: the staged files are still there
+    for path, target in moved:
+        try:
+            if not path.exists():
+                os.replace(target, path)
+        except OSError:
+            logger.warning("could not move %s back to %s", target, path)
+
+
+def _put(location: Location, uri: str, path: Path, spec: TableSpec) -> tuple[AddAction, str]:
+    """Move (local) or upload (S3) one staged file into the table; its add action and the
+    file's path in the table."""
     name = f"part-{uuid.uuid4()}.zstd.parquet"
     metadata = pq.read_metadata(path)
     size = path.stat().st_size
@@ -170,17 +216,18 @@ def _put(location: Location, uri: str, path: Path, spec: TableSpec) -> AddAction
         with path.open("rb") as src, location.filesystem.open_output_stream(target) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     return AddAction(name, size, {}, int(os.stat(target).st_mtime * 1000) if location.is_local
-                     else int(datetime.now().timestamp() * 1000), True, _stats(metadata, spec))
+                     else int(datetime.now().timestamp() * 1000), True,
+                     _stats(metadata, spec)), target
 
 
 def _stats(metadata: pq.FileMetaData, spec: TableSpec) -> str:
-    """Delta file statistics: the row count, and min/max/null count of the key columns (what
-    replace_keys and merges use to skip files)."""
+    """Delta file statistics: the row count, and min/max/null count of the scope and key
+    columns (what replace_keys, merges and scoped overwrites use to skip files)."""
     mins: dict = {}
     maxs: dict = {}
     nulls: dict = {}
     names = metadata.schema.names
-    for column in spec.key:
+    for column in spec.match_key:
         i = names.index(column)
         lo = hi = None
         count = 0
@@ -220,6 +267,63 @@ def _may_hold(table: DeltaTable, column: str, values: list) -> bool:
     return False
 
 
+def require_scope_column(location: Location, spec: TableSpec, existing: DeltaTable | None,
+                         uri: str) -> None:
+    """Refuse a scoped commit to a table written before it was scoped (its rows would mix)."""
+    if spec.scope is not None and existing is not None \
+            and spec.scope not in existing.schema().to_arrow().names:
+        raise LakeError(
+            f"{spec.name}: the table at {uri} has no {spec.scope} column (written before "
+            f"tables were scoped); migrate it first (Lake.add_scope with its one project id)")
+
+
+def add_scope_column(location: Location, schema: str, spec: TableSpec, value: int | str, *,
+                     run_id: str | None = None) -> bool:
+    """Give a table written before it was scoped its scope column, every row set to ``value``
+    (the one source it held), in one overwrite commit; False when there is nothing to do (no
+    table yet, or it has the column already). Time travel keeps the unscoped versions."""
+    import pyarrow as pa
+
+    assert spec.scope is not None
+    uri = table_uri(location, schema, spec.name)
+    existing = open_table(location, uri)
+    if existing is None or spec.scope in existing.schema().to_arrow().names:
+        return False
+    target = spec.full_schema
+    scope_type = target.field(spec.scope).type
+    dataset = existing.to_pyarrow_dataset()
+
+    def batches():
+        for batch in dataset.to_batches():
+            columns = []
+            for field in target:
+                if field.name == spec.scope:
+                    columns.append(pa.array([value] * batch.num_rows, type=scope_type))
+                elif field.name in batch.schema.names:
+                    columns.append(batch.column(field.name).cast(field.type))
+                else:
+                    columns.append(pa.nulls(batch.num_rows, field.type))
+            yield pa.RecordBatch.from_arrays(columns, schema=target)
+
+    rows = existing.to_pyarrow_dataset().count_rows()
+    props = CommitProperties(custom_metadata={
+        f"{META_PREFIX}operation": f"add scope column {spec.scope} = {value}",
+        f"{META_PREFIX}rows_written": str(rows),
+        **({f"{META_PREFIX}run_id": run_id} if run_id else {}),
+    })
+    write_deltalake(existing, pa.RecordBatchReader.from_batches(target, batches()),
+                    mode="overwrite", schema_mode="overwrite",
+                    storage_options=location.storage_options, commit_properties=props)
+    return True
+
+
+def scope_predicate(spec: TableSpec, value: int | str | None) -> str | None:
+    """``scope = value`` as a Delta predicate, None for an unscoped table."""
+    if spec.scope is None:
+        return None
+    return f"{spec.scope} = {_sql_value(value)}"
+
+
 def _version(location: Location, uri: str) -> int:
     table = open_table(location, uri)
     assert table is not None
@@ -228,7 +332,7 @@ def _version(location: Location, uri: str) -> int:
 
 def _sql_value(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise LakeError(f"replace_keys supports integer or text keys, not {value!r}")
+        raise LakeError(f"keys and scopes must be integer or text, not {value!r}")
     if isinstance(value, int):
         return str(value)
     return "'" + value.replace("'", "''") + "'"

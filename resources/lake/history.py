@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
+from deltalake import write_deltalake
 
 from resources.lake import faults
 from resources.lake.commit import (
@@ -46,9 +47,12 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
     uri = table_uri(location, schema, history.name)
     at = staged.synced_at
     existing = open_table(location, uri)
-    key = [quote(k) for k in spec.key]
-    tracked = [quote(f.name) for f in spec.schema if f.name not in spec.key
+    # matched on the scope too, and only this sync's scope's open versions are compared
+    key = [quote(k) for k in spec.match_key]
+    tracked = [quote(f.name) for f in spec.schema if f.name not in spec.match_key
                and f.name != SYNCED_AT]
+    in_scope = (f" AND {quote(spec.scope)} = {literal(str(staged.scope_value))}"
+                if spec.scope is not None else "")
     columns = [quote(f.name) for f in history.full_schema]
     new = f"read_parquet({parquet_list(staged.files)})" if staged.files else None
     spill = work_dir / f"history-{spec.name}.spill"
@@ -74,14 +78,24 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
             props = commit_properties(asset, run_id, at, rows)
             faults.point(f"before_commit:{history.name}")
             try:
-                version = add_files(location, uri, [path], history, props, mode="overwrite",
-                                    existing=None, configuration=configuration)
+                if spec.scope is None:
+                    version = add_files(location, uri, [path], history, props, mode="overwrite",
+                                        existing=None, configuration=configuration)
+                else:
+                    # a scoped history may be created by another source's sync at the same
+                    # moment: append (see commit._write), an overwrite would replace its rows
+                    write_deltalake(uri, _cast_file(path, history), mode="append",
+                                    description=history.description,
+                                    configuration=configuration,
+                                    storage_options=location.storage_options,
+                                    commit_properties=props)
+                    version = open_table(location, uri).version()
             finally:
                 path.unlink(missing_ok=True)
             faults.point(f"after_commit:{history.name}")
             return Committed(history.name, version, rows, uri)
         open_rows = (f"(SELECT * FROM {_open_source(con, location, existing, history)} "
-                     f"WHERE {quote(VALID_TO)} IS NULL)")
+                     f"WHERE {quote(VALID_TO)} IS NULL{in_scope})")
         keys = ", ".join(key)
         con.execute(
             "CREATE TEMP TABLE changed AS SELECT "
@@ -105,7 +119,7 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
         source = con.sql(f"SELECT {', '.join(columns)} FROM ({opened}) "
                          f"UNION ALL BY NAME SELECT {', '.join(columns)} FROM ({closed})")
         predicate = " AND ".join(
-            f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in (*spec.key, VALID_FROM))
+            f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in (*spec.match_key, VALID_FROM))
         props = commit_properties(asset, run_id, at, changes)
         faults.point(f"before_commit:{history.name}")
         (
@@ -144,6 +158,21 @@ def _cast(relation, spec: TableSpec):
 
     def batches():
         for batch in reader:
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(f.name).cast(f.type) for f in schema], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _cast_file(path: Path, spec: TableSpec):
+    """A Parquet file DuckDB wrote, as batches in the spec's exact Arrow schema."""
+    import pyarrow as pa
+
+    schema = spec.full_schema
+    parquet = pq.ParquetFile(path)
+
+    def batches():
+        for batch in parquet.iter_batches(10_000):
             yield pa.RecordBatch.from_arrays(
                 [batch.column(f.name).cast(f.type) for f in schema], schema=schema)
 

@@ -15,9 +15,12 @@ The lake knows tables, versions and files, never PostHog.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
 
 from resources.lake import commit as commits
 from resources.lake.errors import LakeBusyError, LakeError, identifier, quote
@@ -47,6 +51,8 @@ from resources.lake.staging import (
     remove_dead_leftovers,
 )
 from resources.lake.warehouse import TableView, Warehouse
+
+logger = logging.getLogger(__name__)
 
 # The format this lake replaced (snapshot directories and JSON pointers), recognised to refuse
 # it with the command that migrates it.
@@ -111,8 +117,10 @@ class Lake:
         for spec in specs:
             self._specs[spec.name] = spec
 
-    def writer(self, spec: TableSpec, *, synced_at: datetime | None = None) -> StagedTable:
-        """Stage a sync's rows of ``spec``; every row gets ``synced_at`` (default now)."""
+    def writer(self, spec: TableSpec, *, synced_at: datetime | None = None,
+               scope: int | str | None = None) -> StagedTable:
+        """Stage a sync's rows of ``spec``; every row gets ``synced_at`` (default now) and, for a
+        table with a scope column, ``scope`` (the commit then touches only that scope's rows)."""
         if not isinstance(spec, TableSpec):
             raise LakeError("writer() needs a TableSpec")
         if synced_at is None:
@@ -122,7 +130,7 @@ class Lake:
         self._specs[spec.name] = spec
         self.check_format()
         return StagedTable(spec, self.tmp_dir("staging"), synced_at.astimezone(UTC),
-                           batch_rows=self.batch_rows)
+                           batch_rows=self.batch_rows, scope_value=scope)
 
     def publish(self, writers: Sequence[StagedTable], *, run_id: str | None = None,
                 asset: str | None = None) -> list[PublishedTable]:
@@ -135,17 +143,24 @@ class Lake:
         published: list[PublishedTable] = []
         try:
             for w in writers:
+                for spec in (w.spec.history_spec, w.spec):
+                    if spec is not None and spec.scope is not None:
+                        uri = self.table_uri(spec.name)
+                        commits.require_scope_column(
+                            self.location, spec, commits.open_table(self.location, uri), uri)
+            for w in writers:
                 w.close()
             for w in writers:
                 extra: dict[str, Any] = {}
                 if w.spec.history:
-                    done = commit_history(
+                    done = _on_conflict_retry(w.spec.history, lambda w=w: commit_history(
                         self.location, self.schema, w, self.tmp_dir("staging"), asset=asset,
-                        run_id=run_id, configuration=self.maintenance.table_configuration())
+                        run_id=run_id, configuration=self.maintenance.table_configuration()))
                     extra["history_rows_written"] = done.rows_written
                     self._maintain(w.spec.history)
-                done = commits.commit(self.location, self.schema, w, asset=asset, run_id=run_id,
-                                      configuration=self.maintenance.table_configuration())
+                done = _on_conflict_retry(w.spec.name, lambda w=w: commits.commit(
+                    self.location, self.schema, w, asset=asset, run_id=run_id,
+                    configuration=self.maintenance.table_configuration()))
                 self._maintain(w.spec.name)
                 table = self.table(w.spec.name)
                 published.append(PublishedTable(
@@ -160,6 +175,17 @@ class Lake:
                 w.abort()
         self.refresh_views()
         return published
+
+    def add_scope(self, spec: TableSpec, value: int | str) -> list[str]:
+        """Migrate a lake written before ``spec`` was scoped: the table (and its history) get
+        the scope column, every existing row set to ``value``. Returns the tables changed."""
+        if spec.scope is None:
+            raise LakeError(f"{spec.name} has no scope column")
+        changed = [s.name for s in (spec.history_spec, spec) if s is not None
+                   and commits.add_scope_column(self.location, self.schema, s, value)]
+        if changed:
+            self.refresh_views()
+        return changed
 
     def _maintain(self, name: str) -> None:
         table = self.table(name)
@@ -355,6 +381,28 @@ class Lake:
     def clean_tmp(self) -> None:
         """Remove staged files left by killed processes (call with no sync running)."""
         shutil.rmtree(self.state_dir / "tmp", ignore_errors=True)
+
+
+# Scoped tables are written by the syncs of several sources (projects) at once: a commit that
+# lost the race to another's (delta-rs: "a concurrent transaction added new data") is redone on
+# the new version. Every commit here may be redone: a scoped overwrite replaces the same rows,
+# merges and replace_keys are idempotent, and the history recomputes its changes.
+_CONFLICT_RETRIES = 8
+
+
+def _on_conflict_retry(name: str, commit_fn):
+    for attempt in range(_CONFLICT_RETRIES + 1):
+        try:
+            return commit_fn()
+        except Exception as exc:
+            conflict = exc if isinstance(exc, CommitFailedError) else exc.__cause__
+            if not isinstance(conflict, CommitFailedError) or attempt == _CONFLICT_RETRIES:
+                raise
+            delay = min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random())
+            logger.info("%s: a concurrent commit won; committing again in %.2fs (%s)",
+                        name, delay, str(conflict).splitlines()[0])
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _row_count(table: DeltaTable | None) -> int:

@@ -10,6 +10,12 @@ How a sync's rows become the table's next version (``mode``):
 - ``replace_keys``: every row whose ``key`` value appears in this sync is replaced by this sync's
   rows for it (one Delta overwrite commit with a predicate), so redoing a sync after a kill never
   doubles a row.
+
+A table shared by several independent sources (e.g. PostHog projects) names a ``scope`` column:
+every sync writes one scope value (the writer fills the column), and its commit touches only that
+value's rows: a snapshot replaces the scope's rows (a Delta overwrite with the predicate
+``scope = value``), a merge and ``replace_keys`` match on the scope as well as the key, and the
+history is kept per scope. The other scopes' rows stay exactly as they were.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class TableSpec:
     key: tuple[str, ...] = ()
     history: str | None = None  # name of this snapshot table's type-2 history table
     description: str = ""
+    scope: str | None = None  # the column a sync's commit is confined to (see above)
 
     def __post_init__(self) -> None:
         identifier(self.name, "table name")
@@ -66,6 +73,14 @@ class TableSpec:
                 raise LakeError(f"{self.name}: key column {column!r} is not in the schema")
         if SYNCED_AT in names and self.schema.field(SYNCED_AT).type != SYNCED_AT_TYPE:
             raise LakeError(f"{self.name}: {SYNCED_AT} must be {SYNCED_AT_TYPE}")
+        if self.scope is not None:
+            if self.scope not in names:
+                raise LakeError(f"{self.name}: scope column {self.scope!r} is not in the schema")
+            scope_type = self.schema.field(self.scope).type
+            if not (pa.types.is_integer(scope_type) or pa.types.is_string(scope_type)):
+                raise LakeError(f"{self.name}: scope column {self.scope!r} must be integer or text")
+            if self.scope in self.json_columns or self.scope == SYNCED_AT:
+                raise LakeError(f"{self.name}: {self.scope!r} cannot be the scope column")
         if self.mode not in ("snapshot", "merge", "replace_keys"):
             raise LakeError(f"{self.name}: unknown mode {self.mode!r}")
         if self.mode != "snapshot" and not self.key:
@@ -76,6 +91,13 @@ class TableSpec:
                 raise LakeError(f"{self.name}: a history table needs mode='snapshot' and a key")
             if self.history == self.name:
                 raise LakeError(f"{self.name}: the history table needs its own name")
+
+    @property
+    def match_key(self) -> tuple[str, ...]:
+        """The columns a row is matched on across syncs: the scope (if any), then the key."""
+        if self.scope is None or self.scope in self.key:
+            return self.key
+        return (self.scope, *self.key)
 
     @cached_property
     def full_schema(self) -> pa.Schema:
@@ -99,7 +121,7 @@ class TableSpec:
         ])
         return TableSpec(
             name=self.history, schema=schema, json_columns=self.json_columns, mode="merge",
-            key=(*self.key, VALID_FROM),
+            key=(*self.key, VALID_FROM), scope=self.scope,
             description=f"Type-2 history of {self.name}: one row per version of a row "
             f"({VALID_FROM}, {VALID_TO} NULL while current).",
         )

@@ -22,6 +22,7 @@ from typing import Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from resources.lake.errors import LakeError, literal, quote
@@ -106,8 +107,13 @@ class StagedTable:
     """One table's rows for one sync, in local Parquet files until the lake commits them."""
 
     def __init__(self, spec: TableSpec, directory: Path, synced_at: datetime, *,
-                 batch_rows: int = BATCH_ROWS, rows_per_file: int = ROWS_PER_FILE) -> None:
+                 batch_rows: int = BATCH_ROWS, rows_per_file: int = ROWS_PER_FILE,
+                 scope_value: int | str | None = None) -> None:
+        if (spec.scope is None) != (scope_value is None):
+            raise LakeError(f"{spec.name}: a writer needs a scope value exactly when the table "
+                            f"has a scope column (scope={spec.scope!r}, value={scope_value!r})")
         self.spec = spec
+        self.scope_value = scope_value
         self.synced_at = synced_at
         # the pid in the name lets a later sync remove what a killed process left
         self.directory = directory / f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -122,6 +128,8 @@ class StagedTable:
         self._data_schema = pa.schema([f for f in self._schema if f.name != SYNCED_AT])
         self._allowed = frozenset(spec.schema.names)
         self._synced_at = pa.scalar(synced_at, type=SYNCED_AT_TYPE)
+        self._scope = (pa.scalar(scope_value, type=spec.schema.field(spec.scope).type)
+                       if spec.scope is not None else None)
         self._buffer: list[dict] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -271,6 +279,15 @@ class StagedTable:
             return
         synced_at = pa.repeat(self._synced_at, n)
         arrays = [synced_at if f.name == SYNCED_AT else data.column(f.name) for f in self._schema]
+        if self._scope is not None:
+            # every row is this sync's scope: filled in, or refused when a row says otherwise
+            column = self._schema.get_field_index(self.spec.scope)
+            given = data.column(self.spec.scope)
+            if given.null_count < n and not pc.all(
+                    pc.or_kleene(pc.is_null(given), pc.equal(given, self._scope))).as_py():
+                raise LakeError(f"{self.spec.name}: a row's {self.spec.scope} is not this "
+                                f"sync's {self.scope_value!r}")
+            arrays[column] = pa.repeat(self._scope, n)
         table = pa.Table.from_arrays(arrays, schema=self._schema)
         offset = 0
         while offset < n:

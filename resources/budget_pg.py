@@ -1,0 +1,292 @@
+"""The request budget in PostgreSQL: one budget per key for processes on many machines.
+
+Same contract as `RequestBudget` (resources/budget.py, the embedded SQLite default), for a
+deployment whose steps run in pods on several machines (POSTHOG_BUDGET_URL=postgresql://...):
+
+- one transaction per request slot: it locks the bucket's row (SELECT ... FOR UPDATE), so every
+  process using the bucket checks and records one at a time, and reads the time once, after the
+  lock, from the database (clock_timestamp()): a pod whose clock is off cannot overfill a window;
+- a 429 pause is stored on the same row, as a database timestamp, so every process holds off;
+- the bucket is sha256(host NUL key) (`budget_bucket`): the key never reaches the database.
+
+Tables (created on first use, under an advisory lock so many first steps may race):
+posthog_budget_buckets (bucket, paused_until) and posthog_budget_requests (bucket, ts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Self
+
+import psycopg
+
+from resources.budget import validated_windows
+
+__all__ = ["PostgresRequestBudget", "is_postgres_url", "redact_url"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10
+# One reconnect per call after a dropped connection (a database restart or failover); a second
+# failure in a row is raised to the step.
+_RECONNECTS = 1
+_EPSILON_S = 1e-3
+# pg_advisory_xact_lock key for creating the tables: b"posthog" as an integer
+_SCHEMA_LOCK = int.from_bytes(b"posthog", "big")
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS posthog_budget_buckets (
+        bucket text PRIMARY KEY,
+        paused_until timestamptz
+    )""",
+    """CREATE TABLE IF NOT EXISTS posthog_budget_requests (
+        bucket text NOT NULL,
+        ts timestamptz NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS posthog_budget_requests_bucket_ts
+        ON posthog_budget_requests (bucket, ts)""",
+]
+
+
+_URL = re.compile(r"^\s*postgres(?:ql)?(?:\+[a-z0-9_]+)?://", re.IGNORECASE)
+
+
+def is_postgres_url(value: str) -> bool:
+    """True for postgresql:// and postgres:// URLs, also with a SQLAlchemy driver
+    (postgresql+psycopg2://, as Dagster's instance storage needs it: one URL serves both)."""
+    return bool(_URL.match(value))
+
+
+def libpq_url(value: str) -> str:
+    """The URL as libpq takes it: postgresql://, without a SQLAlchemy driver."""
+    return _URL.sub("postgresql://", value, count=1)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***' (for logs, reprs and errors)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, hostport = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}=***" if pair.split("=", 1)[0].lower() == "password" else pair
+        for pair in parts.query.split("&")) if parts.query else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class PostgresRequestBudget:
+    """Blocks until a request fits every sliding window, as recorded in one PostgreSQL database."""
+
+    def __init__(
+        self,
+        url: str,
+        bucket: str,
+        limits: Sequence[tuple[int, float]],
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        safety: float = 0.5,
+    ) -> None:
+        if not bucket:
+            raise ValueError("bucket must be a non-empty string")
+        if safety < 0:
+            raise ValueError("safety must be >= 0 seconds")
+        if not is_postgres_url(url):
+            raise ValueError(f"not a postgresql:// URL: {redact_url(url)!r}")
+        self.url = url
+        self.bucket = bucket
+        self.limits = validated_windows(limits)
+        self.safety = float(safety)
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._conn_pid: int | None = None
+        self._local_pause_until = 0.0
+        # A connection inherited through fork shares its socket with the parent: closing it in
+        # the child would end the parent's session, so it is only kept, never used or closed.
+        self._inherited: list[psycopg.Connection] = []
+
+    @property
+    def unlimited(self) -> bool:
+        """True when no window limits anything (acquire then never touches the database)."""
+        return not self.limits
+
+    @property
+    def sustained_rate(self) -> float | None:
+        """Requests per second the tightest window allows over its length; None if unlimited."""
+        return min((count / seconds for count, seconds in self.limits), default=None)
+
+    def now(self) -> float:
+        """The database's clock (epoch seconds), for callers computing `pause_until` deadlines."""
+        if self.unlimited:
+            return time.time()
+        with self._lock:
+            return self._run(lambda conn: conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresRequestBudget(url={redact_url(self.url)!r}, bucket={self.bucket[:12]}…, "
+            f"limits={self.limits})"
+        )
+
+    def acquire(self) -> float:
+        """Wait until one more request fits every window, record it, return the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                if self.unlimited:
+                    delay = max(0.0, self._local_pause_until - time.time())
+                else:
+                    delay = self._run(self._try_record)
+            if delay <= 0:
+                if waited:
+                    log.debug("budget: waited %.3fs for a request slot", waited)
+                return waited
+            log.debug("budget: no slot free, sleeping %.3fs", delay)
+            self._sleep(delay)
+            waited += delay
+
+    def pause_until(self, ts: float) -> None:
+        """Hold every process sharing this budget until `ts`, epoch seconds on `now()`'s clock."""
+        with self._lock:
+            if self.unlimited:
+                self._local_pause_until = max(self._local_pause_until, ts)
+                return
+            self._run(lambda conn: self._set_pause(conn, "to_timestamp(%s)", ts))
+        log.debug("budget: paused until %.3f", ts)
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold every process sharing this budget for `seconds` from now, on the database clock."""
+        with self._lock:
+            if self.unlimited:
+                self._local_pause_until = max(self._local_pause_until, time.time() + seconds)
+                return
+            self._run(lambda conn: self._set_pause(
+                conn, "clock_timestamp() + make_interval(secs => %s)", seconds))
+
+    def close(self) -> None:
+        """Close this process's connection to the database."""
+        with self._lock:
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+            self._conn_pid = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in ("_lock", "_conn", "_conn_pid", "_inherited"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._conn = None
+        self._conn_pid = None
+        self._inherited = []
+
+    # ---- the database ---------------------------------------------------------------------
+
+    def _run(self, work: Callable[[psycopg.Connection], object]):
+        """`work(conn)` on this process's connection, reconnecting once after a dropped one."""
+        for attempt in range(_RECONNECTS + 1):
+            conn = self._connection()
+            try:
+                return work(conn)
+            except psycopg.OperationalError:
+                # A statement that failed on a live connection is not a dropped connection.
+                if not conn.broken or attempt >= _RECONNECTS:
+                    raise
+                log.warning("budget: lost the connection to %s; reconnecting",
+                            redact_url(self.url))
+                conn.close()
+                self._conn = None
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> psycopg.Connection:
+        pid = os.getpid()
+        if self._conn is not None and self._conn_pid == pid and not self._conn.closed:
+            return self._conn
+        if self._conn is not None and self._conn_pid != pid:
+            self._inherited.append(self._conn)
+        conn = psycopg.connect(
+            libpq_url(self.url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="posthog-pipeline budget",
+        )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO posthog_budget_buckets (bucket) VALUES (%s) ON CONFLICT DO NOTHING",
+                (self.bucket,),
+            )
+        self._conn, self._conn_pid = conn, pid
+        return conn
+
+    def _set_pause(self, conn: psycopg.Connection, deadline_sql: str, value: float) -> None:
+        conn.execute(
+            "UPDATE posthog_budget_buckets SET paused_until = greatest(paused_until, "
+            f"{deadline_sql}) WHERE bucket = %s",
+            (value, self.bucket),
+        )
+
+    def _try_record(self, conn: psycopg.Connection) -> float:
+        """Record a request if every window has room (return 0), else return how long to wait."""
+        with conn.transaction():
+            (paused_until,) = conn.execute(
+                "SELECT paused_until FROM posthog_budget_buckets WHERE bucket = %s FOR UPDATE",
+                (self.bucket,),
+            ).fetchone()
+            # Read after the lock: the time every earlier slot was recorded at is before it.
+            (now,) = conn.execute("SELECT clock_timestamp()").fetchone()
+            delay = self._delay_locked(conn, now, paused_until)
+            if delay <= 0:
+                conn.execute(
+                    "INSERT INTO posthog_budget_requests (bucket, ts) VALUES (%s, %s)",
+                    (self.bucket, now),
+                )
+                horizon = dt.timedelta(seconds=max(s for _, s in self.limits) + self.safety)
+                conn.execute(
+                    "DELETE FROM posthog_budget_requests WHERE bucket = %s AND ts <= %s",
+                    (self.bucket, now - horizon),
+                )
+        return delay
+
+    def _delay_locked(
+        self, conn: psycopg.Connection, now: dt.datetime, paused_until: dt.datetime | None
+    ) -> float:
+        if paused_until is not None and paused_until > now:
+            return (paused_until - now).total_seconds() + _EPSILON_S
+        delay = 0.0
+        for count, seconds in self.limits:
+            # As in RequestBudget: fewer than `count` in the last `seconds` (+ safety) may go.
+            span = dt.timedelta(seconds=seconds + self.safety)
+            since = now - span
+            (in_window,) = conn.execute(
+                "SELECT count(*) FROM posthog_budget_requests WHERE bucket = %s AND ts > %s",
+                (self.bucket, since),
+            ).fetchone()
+            if in_window < count:
+                continue
+            (oldest_blocking,) = conn.execute(
+                "SELECT ts FROM posthog_budget_requests WHERE bucket = %s AND ts > %s "
+                "ORDER BY ts LIMIT 1 OFFSET %s",
+                (self.bucket, since, in_window - count),
+            ).fetchone()
+            delay = max(delay, (oldest_blocking + span - now).total_seconds() + _EPSILON_S)
+        return delay
