@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import ijson
 import msgspec
+import orjson
 
 from resources import jsontext
 from resources.budget import QUERY
@@ -297,12 +298,13 @@ class _BodyReader:
 
 
 def _properties_text(text: str | None) -> bytes:
-    """A group's properties as json writes them (`jsontext`): ClickHouse holds the text the
-    ingestion wrote, so it is used as it is only when it already is json's exact text."""
+    """A group's properties as the JSON text ClickHouse holds (exact: the same value, numbers
+    and key order as stored; not re-encoded), checked to be JSON."""
     if not text or text == "null":
         return b"{}"  # a group stored without properties lands as {} (as groups/ serves it)
     raw = text.encode()
-    if jsontext.is_canonical(raw):
-        return raw
-    value = jsontext.loads(raw)
-    return jsontext.dumps(value if value is not None else {}).encode()
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        jsontext.loads(raw)  # what orjson refuses but is JSON (integers beyond 64 bits)
+    return raw
