@@ -7,10 +7,14 @@ deployment whose steps run in pods on several machines (POSTHOG_BUDGET_URL=postg
   process using the bucket checks and records one at a time, and reads the time once, after the
   lock, from the database (clock_timestamp()): a pod whose clock is off cannot overfill a window;
 - a 429 pause is stored on the same row, as a database timestamp, so every process holds off;
-- the bucket is sha256(host NUL key) (`budget_bucket`): the key never reaches the database.
+- the bucket is sha256(host NUL key) (`budget_bucket`): the key never reaches the database;
+  the query API's bucket (`budget_bucket(..., QUERY)`) is another row, as in SQLite;
+- windows learned from 429s (`note_throttled`, see `RequestBudget.note_throttled`) are stored
+  per bucket and enforced by every process, as in SQLite, on the database's clock.
 
 Tables (created on first use, under an advisory lock so many first steps may race):
-posthog_budget_buckets (bucket, paused_until) and posthog_budget_requests (bucket, ts).
+posthog_budget_buckets (bucket, paused_until), posthog_budget_requests (bucket, ts) and
+posthog_budget_learned (bucket, count, seconds, learned_at, confirmed).
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ from typing import Self
 
 import psycopg
 
-from resources.budget import validated_windows
+from resources.budget import (
+    _AGREE_S,
+    LEARNED_TTL_S,
+    _window_from_log,
+    validated_windows,
+)
 
 __all__ = ["PostgresRequestBudget", "is_postgres_url", "redact_url"]
 
@@ -52,6 +61,14 @@ _SCHEMA = [
     )""",
     """CREATE INDEX IF NOT EXISTS posthog_budget_requests_bucket_ts
         ON posthog_budget_requests (bucket, ts)""",
+    """CREATE TABLE IF NOT EXISTS posthog_budget_learned (
+        id bigserial PRIMARY KEY,
+        bucket text NOT NULL,
+        count integer NOT NULL,
+        seconds float8 NOT NULL,
+        learned_at float8 NOT NULL,
+        confirmed boolean NOT NULL
+    )""",
 ]
 
 
@@ -109,6 +126,7 @@ class PostgresRequestBudget:
         self._conn: psycopg.Connection | None = None
         self._conn_pid: int | None = None
         self._local_pause_until = 0.0
+        self._recorded = threading.local()  # the ts this thread's last request was logged at
         # A connection inherited through fork shares its socket with the parent: closing it in
         # the child would end the parent's session, so it is only kept, never used or closed.
         self._inherited: list[psycopg.Connection] = []
@@ -188,7 +206,7 @@ class PostgresRequestBudget:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_lock", "_conn", "_conn_pid", "_inherited"):
+        for name in ("_lock", "_conn", "_conn_pid", "_inherited", "_recorded"):
             state.pop(name)
         return state
 
@@ -198,8 +216,84 @@ class PostgresRequestBudget:
         self._conn = None
         self._conn_pid = None
         self._inherited = []
+        self._recorded = threading.local()
+
+    def note_throttled(self, retry_after: float | None) -> tuple[int, float] | None:
+        """The request this thread last sent was answered 429: it leaves the log, and the window
+        the server enforces is learned from Retry-After and the log, exactly as
+        `RequestBudget.note_throttled` does (a second agreeing 429 enforces it, for every
+        process using the database; forgotten after an hour). Returns the window enforced, if
+        this 429 confirmed one."""
+        ts = getattr(self._recorded, "ts", None)
+        self._recorded.ts = None
+        if self.unlimited:
+            return None
+        with self._lock:
+            learned = self._run(lambda conn: self._note_throttled(conn, ts, retry_after))
+        if learned is not None:
+            log.info(
+                "budget: the server allows about %d requests per %.1fs in this bucket (learned "
+                "from its 429s); pacing at that", learned[0], learned[1])
+        return learned
+
+    def learned_windows(self) -> list[tuple[int, float]]:
+        """Windows learned from 429s and enforced now, beyond the configured ones."""
+        if self.unlimited:
+            return []
+        with self._lock:
+            return self._run(lambda conn: self._learned_locked(conn, self._db_epoch(conn)))
 
     # ---- the database ---------------------------------------------------------------------
+
+    @staticmethod
+    def _db_epoch(conn: psycopg.Connection) -> float:
+        return conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+
+    def _note_throttled(self, conn: psycopg.Connection, ts: dt.datetime | None,
+                        retry_after: float | None) -> tuple[int, float] | None:
+        with conn.transaction():
+            conn.execute("SELECT 1 FROM posthog_budget_buckets WHERE bucket = %s FOR UPDATE",
+                         (self.bucket,))
+            if ts is not None:
+                conn.execute(
+                    "DELETE FROM posthog_budget_requests WHERE ctid = (SELECT ctid FROM "
+                    "posthog_budget_requests WHERE bucket = %s AND ts = %s LIMIT 1)",
+                    (self.bucket, ts))
+            if retry_after is None or retry_after <= 0:
+                return None
+            now = self._db_epoch(conn)
+            log_ts = [r[0] for r in conn.execute(
+                "SELECT extract(epoch FROM ts)::float8 FROM posthog_budget_requests "
+                "WHERE bucket = %s AND ts <= to_timestamp(%s) ORDER BY ts",
+                (self.bucket, now))]
+            window = _window_from_log(log_ts, now, retry_after)
+            return self._learn_locked(conn, now, *window) if window is not None else None
+
+    def _learned_locked(self, conn: psycopg.Connection, now: float) -> list[tuple[int, float]]:
+        rows = conn.execute(
+            "SELECT count, seconds FROM posthog_budget_learned WHERE bucket = %s AND confirmed "
+            "AND learned_at > %s - greatest(%s, 2 * seconds)", (self.bucket, now, LEARNED_TTL_S))
+        return [(int(c), float(d)) for c, d in rows]
+
+    def _learn_locked(self, conn: psycopg.Connection, now: float, count: int, seconds: float
+                      ) -> tuple[int, float] | None:
+        conn.execute(
+            "DELETE FROM posthog_budget_learned WHERE bucket = %s "
+            "AND learned_at <= %s - greatest(%s, 2 * seconds)", (self.bucket, now, LEARNED_TTL_S))
+        for row_id, c, d, confirmed in conn.execute(
+                "SELECT id, count, seconds, confirmed FROM posthog_budget_learned "
+                "WHERE bucket = %s ORDER BY id", (self.bucket,)).fetchall():
+            if abs(d - seconds) <= max(_AGREE_S, 0.1 * max(d, seconds)):
+                new = (min(c, count), max(d, seconds))
+                conn.execute("UPDATE posthog_budget_learned SET count = %s, seconds = %s, "
+                             "learned_at = %s, confirmed = true WHERE id = %s",
+                             (*new, now, row_id))
+                return new if not confirmed or new != (c, d) else None
+        conn.execute("INSERT INTO posthog_budget_learned (bucket, count, seconds, learned_at, "
+                     "confirmed) VALUES (%s, %s, %s, %s, false)", (self.bucket, count, seconds, now))
+        log.debug("budget: a 429 suggests %d requests per %.1fs; waiting for a second to agree",
+                  count, seconds)
+        return None
 
     def _run(self, work: Callable[[psycopg.Connection], object]):
         """`work(conn)` on this process's connection, reconnecting once after a dropped one."""
@@ -260,6 +354,7 @@ class PostgresRequestBudget:
                     "INSERT INTO posthog_budget_requests (bucket, ts) VALUES (%s, %s)",
                     (self.bucket, now),
                 )
+                self._recorded.ts = now
                 horizon = dt.timedelta(seconds=max(s for _, s in self.limits) + self.safety)
                 conn.execute(
                     "DELETE FROM posthog_budget_requests WHERE bucket = %s AND ts <= %s",
@@ -273,7 +368,8 @@ class PostgresRequestBudget:
         if paused_until is not None and paused_until > now:
             return (paused_until - now).total_seconds() + _EPSILON_S
         delay = 0.0
-        for count, seconds in self.limits:
+        learned = self._learned_locked(conn, now.timestamp())
+        for count, seconds in (*self.limits, *learned):
             # As in RequestBudget: fewer than `count` in the last `seconds` (+ safety) may go.
             span = dt.timedelta(seconds=seconds + self.safety)
             since = now - span

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from resources.budget import RequestBudget, budget_bucket, open_budget
+from resources.budget import QUERY, RequestBudget, budget_bucket, open_budget
 from resources.budget_pg import PostgresRequestBudget, libpq_url, redact_url
 from resources.errors import PostHogConfigError
 from resources.posthog import PostHogResource
@@ -109,7 +109,8 @@ def test_pg_budget_store_never_contains_the_key(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         tables = [t for (t,) in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        assert sorted(tables) == ["posthog_budget_buckets", "posthog_budget_requests"]
+        assert sorted(tables) == ["posthog_budget_buckets", "posthog_budget_learned",
+                                  "posthog_budget_requests"]
         dump = " ".join(str(row) for table in tables
                         for row in conn.execute(f"SELECT t::text FROM {table} t"))
         (bucket,) = conn.execute("SELECT bucket FROM posthog_budget_buckets").fetchone()
@@ -156,8 +157,10 @@ def test_pg_budget_429_pause_is_shared_with_other_processes(pg_url: str) -> None
             "SELECT extract(epoch FROM paused_until)::float8 FROM posthog_budget_buckets "
             "WHERE bucket = %s", (BUCKET,)).fetchone()
     stamps = stored_timestamps(pg_url)
-    assert len(stamps) == 3  # the 429'd request, its retry, the other process's
-    assert all(stamp >= paused_until for stamp in stamps[1:])
+    # the retry and the other process's: the 429'd request left the log (note_throttled: the
+    # server never counted it)
+    assert len(stamps) == 2
+    assert all(stamp >= paused_until for stamp in stamps)
 
 
 def test_pg_budget_pause_never_shortens(pg_url: str) -> None:
@@ -252,3 +255,37 @@ def test_pg_server_listens_on_loopback_and_not_as_root(pg_server) -> None:
     with psycopg.connect(pg_server.url()) as conn:
         (addresses,) = conn.execute("SHOW listen_addresses").fetchone()
     assert addresses == "127.0.0.1"
+
+
+def test_pg_budget_learns_from_two_agreeing_429s_and_shares_the_window(pg_url: str) -> None:
+    """As the SQLite budget (tests/test_budget_learning.py): a 429 takes the refused request
+    out of the log, a second agreeing one enforces the window, for every process using the
+    database; the query API's bucket is another row, learning nothing from the general one."""
+    configured = [(480, 60.0), (4800, 3600.0)]
+    with PostgresRequestBudget(pg_url, BUCKET, configured) as budget:
+        for _ in range(30):
+            assert budget.acquire() == 0.0
+        assert budget.note_throttled(10.0) is None  # a lone 429 teaches nothing
+        assert budget.learned_windows() == []
+        assert len(stored_timestamps(pg_url)) == 29  # the refused request left the log
+        budget.acquire()
+        learned = budget.note_throttled(10.0)
+        assert learned is not None and learned[0] == 29 and 10.0 <= learned[1] <= 12.0
+    waits: list[float] = []
+
+    class Waited(Exception):
+        pass
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        raise Waited
+
+    other = PostgresRequestBudget(pg_url, BUCKET, configured, sleep=sleep)
+    assert other.learned_windows() == [learned]
+    with pytest.raises(Waited):
+        other.acquire()  # 29 in the learned window already: wait for the oldest to leave it
+    assert waits and waits[0] > 5.0
+    other.close()
+    query = PostgresRequestBudget(pg_url, budget_bucket(HOST, KEY, QUERY), [(120, 3600.0)])
+    assert query.learned_windows() == [] and query.acquire() == 0.0
+    query.close()
