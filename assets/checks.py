@@ -14,7 +14,11 @@ from resources.lake import LakeResource, count_distinct_keys
 
 @dg.asset_check(asset=posthog_groups, blocking=True)
 def posthog_groups_unique_key(lake: LakeResource) -> dg.AssetCheckResult:
-    """No two rows of posthog.groups share (group_type_index, group_key)."""
+    """The published posthog.groups has no two rows sharing (group_type_index, group_key) and
+    no NULL key. It runs after the commit (blocking stops downstream assets, not the commit);
+    what it guards is the lake's own dedupe, which keeps the last row of each key before the
+    commit and reports how many it dropped as `duplicates_dropped`. A listing that came back
+    short is stopped before the commit by the volume guard (`max_row_drop`)."""
     store = lake.get_lake()
     rows, distinct = count_distinct_keys(
         lambda sql: store.query(sql)[0], "posthog.groups", "group_type_index, group_key"

@@ -157,7 +157,8 @@ def posthog_exports(
         ordered = sorted(rows.values(), key=lambda r: r["id"], reverse=True)
         with store.writer(EXPORTS, synced_at=synced_at) as writer:
             writer.write_rows(ordered)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_exports")
+        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_exports",
+                                  max_drop=config.max_row_drop)
     listed = [r for r in ordered if r["listed"]]
     return dg.MaterializeResult(
         metadata=sync_metadata(
@@ -327,6 +328,7 @@ def posthog_export_contents(
         published = store.publish(
             [rows_writer, contents_writer, archive_writer],
             run_id=context.run.run_id, asset="posthog_export_contents",
+            max_drop=config.max_row_drop,
         )
         published.sort(key=lambda t: t.name != EXPORT_CONTENTS.name)  # the asset's table first
     state_counts = Counter(state for state, _ in states.values())

@@ -43,6 +43,12 @@ class SyncConfig(dg.Config):
         default=900.0,
         description="How long to wait for another sync of the same asset to finish before failing.",
     )
+    max_row_drop: float = Field(
+        default=0.5,
+        description="A sync whose snapshot would drop more than this share of a table's rows "
+        "(e.g. a listing that came back short) fails before anything is committed; 1.0 accepts "
+        "any drop.",
+    )
 
 
 class GroupsConfig(SyncConfig):
@@ -107,7 +113,8 @@ def posthog_group_types(
         rows = [group_type_row(t) for t in client.list_group_types()]
         with store.writer(GROUP_TYPES, synced_at=synced_at) as writer:
             writer.write_rows(rows)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_group_types")
+        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_group_types",
+                                  max_drop=config.max_row_drop)
     return dg.MaterializeResult(metadata=sync_metadata(
             client.stats, published, preview=rows))
 
@@ -192,7 +199,8 @@ def posthog_groups(
                 )
             if missing_scope:
                 _log_scope_savings(context, paths, config.query_page_rows)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_groups")
+        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_groups",
+                                  max_drop=config.max_row_drop)
         progress.update(force=True, groups=published[0].rows)
     return dg.MaterializeResult(
         metadata=sync_metadata(
@@ -294,7 +302,8 @@ def posthog_group_property_definitions(
                 writer.write_rows(rows)
                 preview.extend(rows[: max(0, 10 - len(preview))])
         published = store.publish(
-            [writer], run_id=context.run.run_id, asset="posthog_group_property_definitions"
+            [writer], run_id=context.run.run_id, asset="posthog_group_property_definitions",
+            max_drop=config.max_row_drop,
         )
     return dg.MaterializeResult(metadata=sync_metadata(
             client.stats, published, preview=preview))
@@ -348,7 +357,8 @@ def posthog_group_property_values(
                 writer.write_rows(rows)
                 preview.extend(rows[: max(0, 10 - len(preview))])
         published = store.publish(
-            [writer], run_id=context.run.run_id, asset="posthog_group_property_values"
+            [writer], run_id=context.run.run_id, asset="posthog_group_property_values",
+            max_drop=config.max_row_drop,
         )
     return dg.MaterializeResult(
         metadata=sync_metadata(

@@ -37,7 +37,9 @@ def posthog_explicit_members(
             context.log.info(reason)
         with store.writer(EXPLICIT_MEMBERS, synced_at=synced_at) as writer:
             writer.write_rows(rows)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_explicit_members")
+        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_explicit_members",
+                                  # a PostHog without the endpoint has none, by design
+                                  max_drop=config.max_row_drop if reason is None else 1.0)
     extra = {"endpoint_available": reason is None}
     if reason:
         extra["why_empty"] = reason

@@ -28,6 +28,9 @@ DEMO_DUCKDB = "data/demo/warehouse.duckdb"
 # where the demo records its Dagster run when DAGSTER_HOME is not set, so that the UI started
 # with the same DAGSTER_HOME (`python3 run.py ui`) shows it (gitignored)
 DEMO_DAGSTER_HOME = ".dagster_home"
+# the scopes README "Against your PostHog" documents for a sync (docs/SCOPES.md); the demo's key
+# carries exactly these, so the quick start proves them
+DOCUMENTED_SCOPES = ("group:read", "property_definition:read", "export:read", "query:read")
 _MAX_CELL = 80
 
 
@@ -408,7 +411,8 @@ def demo(groups: str, n_exports: int, seed: int) -> None:
             **os.environ,
             "POSTHOG_HOST": sim.api_url,
             "POSTHOG_PROJECT_ID": str(sim.project_id),
-            "POSTHOG_PERSONAL_API_KEY": sim.api_key,
+            # a key with exactly the scopes the README documents, as a user's would be
+            "POSTHOG_PERSONAL_API_KEY": sim.issue_key(DOCUMENTED_SCOPES),
             "LAKE_ROOT": str(lake_root),
             "DUCKDB_DATABASE": str(database),
             "DAGSTER_HOME": str(dagster_home),

@@ -363,3 +363,22 @@ def test_legacy_property_definitions_endpoint_is_used_when_the_new_one_is_missin
         legacy = env.sim.dataset.legacy_property_definitions()
         assert sorted(landed) == sorted((int(i), d["name"]) for i, defs in legacy.items()
                                         for d in defs)
+
+
+def test_groups_listing_that_comes_back_short_fails_before_the_commit(sim_env):
+    """PostHog answers with a group type gone (or an empty groups_types): the sync fails before
+    the shrunken snapshot becomes visible, saying what to do; the run config accepts it."""
+    assert sim_env.sync(select=["posthog_group_types", "posthog_groups"]).success
+    before = landed_groups(sim_env)
+    sim_env.sim.dataset.delete_group_type(0)  # 450 of the 697 groups
+    failed = sim_env.sync(select=["posthog_group_types", "posthog_groups"],
+                          raise_on_error=False)
+    assert not failed.success
+    text = failure_text(failed)
+    assert "a drop of" in text and "max_row_drop: 1.0" in text, text[:1500]
+    assert landed_groups(sim_env) == before
+    accepted = sim_env.sync(select=["posthog_group_types", "posthog_groups"], run_config={
+        "ops": {op: {"config": {"max_row_drop": 1.0}}
+                for op in ("posthog_group_types", "posthog_groups")}})
+    assert accepted.success
+    assert len(landed_groups(sim_env)) == len(before) - 450

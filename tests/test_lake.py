@@ -386,3 +386,19 @@ def test_lake_lock_is_exclusive_across_processes(tmp_path):
         holder.wait()
     with lake.lock("posthog_groups", timeout=5):
         pass
+
+
+def test_lake_snapshot_that_drops_too_many_rows_fails_before_any_commit(tmp_path):
+    lake = make_lake(tmp_path)
+    publish_rows(lake, GROUPS, [group(str(i)) for i in range(10)])
+    version = lake.table("groups").version()
+    with lake.writer(GROUPS) as w:
+        w.write_rows([group("0"), group("1"), group("2")])
+    with pytest.raises(LakeError, match=r"3 rows where the table holds 10, a drop of 70%.*"
+                                        r"max_row_drop: 1\.0"):
+        lake.publish([w], max_drop=0.5)
+    assert lake.table("groups").version() == version  # nor its history
+    assert query(lake, "SELECT count(*) FROM posthog.groups") == [(10,)]
+    assert query(lake, "SELECT count(*) FROM posthog.groups_history") == [(10,)]
+    published = publish_rows(lake, GROUPS, [group("0")], max_drop=1.0)
+    assert published.rows == 1

@@ -133,9 +133,13 @@ class Lake:
                            batch_rows=self.batch_rows, scope_value=scope)
 
     def publish(self, writers: Sequence[StagedTable], *, run_id: str | None = None,
-                asset: str | None = None) -> list[PublishedTable]:
+                asset: str | None = None, max_drop: float = 1.0) -> list[PublishedTable]:
         """Commit each writer's rows to its Delta table, in the order given, then refresh the
-        views. A table's history (if it has one) is committed just before the table."""
+        views. A table's history (if it has one) is committed just before the table.
+
+        ``max_drop``: a snapshot that would drop more than this share of its table's rows fails
+        before anything of this publish is committed (a listing that came back short must not
+        replace the table)."""
         writers = list(writers)
         names = [w.spec.name for w in writers]
         if len(set(names)) != len(names):
@@ -150,6 +154,8 @@ class Lake:
                             self.location, spec, commits.open_table(self.location, uri), uri)
             for w in writers:
                 w.close()
+            for w in writers:
+                self._guard_volume(w, max_drop)
             for w in writers:
                 extra: dict[str, Any] = {}
                 if w.spec.history:
@@ -186,6 +192,19 @@ class Lake:
         if changed:
             self.refresh_views()
         return changed
+
+    def _guard_volume(self, staged: StagedTable, max_drop: float) -> None:
+        if staged.spec.mode != "snapshot" or max_drop >= 1.0:
+            return
+        current = _row_count(self.table(staged.spec.name))
+        new = staged.rows_written
+        if current and new < current * (1.0 - max_drop):
+            raise LakeError(
+                f"{staged.spec.name}: this sync has {new:,} rows where the table holds "
+                f"{current:,}, a drop of {1 - new / current:.0%}, more than the {max_drop:.0%} "
+                "a sync may drop (max_row_drop). Nothing was committed; readers keep the "
+                "current version. If PostHog really holds that much less now, materialize "
+                "again with the run config max_row_drop: 1.0 for this asset.")
 
     def _maintain(self, name: str) -> None:
         table = self.table(name)
