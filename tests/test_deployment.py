@@ -124,7 +124,9 @@ def test_deployment_two_machines_one_key_postgres_instance_s3_lake(
             assert_warehouse_equals_simulator(machine)
         log = [r for r in sim_env.sim.request_log if r.server == "api"]
         throttled = [r for r in log if r.status == 429]
-        stamps = [r.ts for r in log]
+        # the query API's requests count in PostHog's own query bucket (HogQLQueryThrottle,
+        # 120/h), not in the general windows the simulator enforces here
+        stamps = [r.ts for r in log if not r.path.rstrip("/").endswith("/query")]
         busiest = {seconds: max_in_window(stamps, seconds) for _, seconds in WINDOWS}
     monkeypatch.setenv("DAGSTER_PG_URL", database_url)
     instance = dg.DagsterInstance.from_config(str(home))
