@@ -38,7 +38,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from resources.lake import commit as commits
-from resources.lake.errors import LakeBusyError, LakeError, identifier, quote
+from resources.lake.errors import LakeBusyError, LakeError, identifier
 from resources.lake.filestore import FileStore
 from resources.lake.history import commit_history
 from resources.lake.location import Location
@@ -47,7 +47,7 @@ from resources.lake.spec import TableSpec
 from resources.lake.staging import (
     BATCH_ROWS,
     StagedTable,
-    parquet_list,
+    read_files,
     remove_dead_leftovers,
 )
 from resources.lake.warehouse import TableView, Warehouse
@@ -266,15 +266,9 @@ class Lake:
             return wanted.empty_table()
         con = self.location.register(duckdb.connect())
         try:
-            source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
-            present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-            select = ", ".join(quote(f.name) if f.name in present else f"NULL AS {quote(f.name)}"
-                               for f in wanted)
-            result = con.sql(f"SELECT {select} FROM {source}").to_arrow_table()
+            return read_files(con, files, wanted)
         finally:
             con.close()
-        return pa.table([result.column(i).cast(f.type) for i, f in enumerate(wanted)],
-                        schema=wanted)
 
     def last_commit(self, name: str) -> dict[str, Any] | None:
         """The latest commit a sync made to ``name`` (maintenance commits skipped): version,

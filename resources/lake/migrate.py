@@ -20,11 +20,11 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from resources.lake.commit import commit_properties
-from resources.lake.errors import LakeError, quote
+from resources.lake.errors import LakeError
 from resources.lake.history import commit_history
 from resources.lake.lake import OLD_FORMAT_MARKER, Lake
 from resources.lake.spec import SYNCED_AT, TableSpec
-from resources.lake.staging import StagedTable, parquet_list
+from resources.lake.staging import StagedTable, read_files
 
 
 def migrate(lake: Lake, specs: Sequence[TableSpec]) -> dict[str, int]:
@@ -79,14 +79,9 @@ def _read(spec: TableSpec, files: Sequence[Path]) -> pa.Table:
         return schema.empty_table()
     con = duckdb.connect()
     try:
-        source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
-        present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        select = ", ".join(quote(f.name) if f.name in present else f"NULL AS {quote(f.name)}"
-                           for f in schema)
-        table = con.sql(f"SELECT {select} FROM {source}").to_arrow_table()
+        return read_files(con, files, schema)
     finally:
         con.close()
-    return pa.table([table.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
 
 
 def _staged(lake: Lake, spec: TableSpec, files: Sequence[Path], synced_at: datetime

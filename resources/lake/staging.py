@@ -76,6 +76,18 @@ def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, schema, compression="zstd")
 
 
+def read_files(con: duckdb.DuckDBPyConnection, files: Iterable[str | Path],
+               schema: pa.Schema) -> pa.Table:
+    """Parquet files (of any older schema) as one table of ``schema``: a column a file lacks is
+    null, every column cast to its type. ``con`` must be able to read the files' paths."""
+    source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    select = ", ".join(quote(f.name) if f.name in present else f"NULL AS {quote(f.name)}"
+                       for f in schema)
+    result = con.sql(f"SELECT {select} FROM {source}").to_arrow_table()
+    return pa.table([result.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
+
+
 def remove_dead_leftovers(directory: Path) -> int:
     """Remove entries ``<name>-<pid>-<hex>[.part]`` whose process is gone; how many."""
     removed = 0
