@@ -84,7 +84,45 @@ def open_budget(
     return RequestBudget(Path(store), bucket, limits)
 
 
-class RequestBudget:
+class ProcessLocalConnection:
+    """What both budget stores share about their connection: one per process (a forked child
+    opens its own; `close` never closes the parent's), closed on `with` exit, and left out when
+    the budget is pickled to another process (e.g. Dagster's multiprocess executor)."""
+
+    _lock: threading.Lock
+    _conn: object | None
+    _conn_pid: int | None
+
+    def close(self) -> None:
+        """Close this process's connection to the store."""
+        with self._lock:
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+            self._conn_pid = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in ("_lock", "_conn", "_conn_pid", "_inherited", "_recorded"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._conn = None
+        self._conn_pid = None
+        self._inherited = []
+        self._recorded = threading.local()
+
+
+class RequestBudget(ProcessLocalConnection):
     """Blocks until a request fits every sliding window, as recorded by all users of `path`."""
 
     def __init__(
@@ -168,34 +206,6 @@ class RequestBudget:
                 raise
             conn.execute("COMMIT")
         log.debug("budget: paused until %.3f", ts)
-
-    def close(self) -> None:
-        """Close this process's connection to the store."""
-        with self._lock:
-            if self._conn is not None and self._conn_pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-            self._conn_pid = None
-
-    def __enter__(self) -> RequestBudget:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for name in ("_lock", "_conn", "_conn_pid", "_inherited", "_recorded"):
-            state.pop(name)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._conn = None
-        self._conn_pid = None
-        self._inherited = []
-        self._recorded = threading.local()
 
     def note_throttled(self, retry_after: float | None) -> tuple[int, float] | None:
         """The request this thread last sent was answered 429: learn what the server allows.

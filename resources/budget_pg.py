@@ -27,13 +27,13 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Self
 
 import psycopg
 
 from resources.budget import (
     _AGREE_S,
     LEARNED_TTL_S,
+    ProcessLocalConnection,
     _window_from_log,
     validated_windows,
 )
@@ -99,7 +99,7 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-class PostgresRequestBudget:
+class PostgresRequestBudget(ProcessLocalConnection):
     """Blocks until a request fits every sliding window, as recorded in one PostgreSQL database."""
 
     def __init__(
@@ -189,34 +189,6 @@ class PostgresRequestBudget:
                 return
             self._run(lambda conn: self._set_pause(
                 conn, "clock_timestamp() + make_interval(secs => %s)", seconds))
-
-    def close(self) -> None:
-        """Close this process's connection to the database."""
-        with self._lock:
-            if self._conn is not None and self._conn_pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-            self._conn_pid = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for name in ("_lock", "_conn", "_conn_pid", "_inherited", "_recorded"):
-            state.pop(name)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._conn = None
-        self._conn_pid = None
-        self._inherited = []
-        self._recorded = threading.local()
 
     def note_throttled(self, retry_after: float | None) -> tuple[int, float] | None:
         """The request this thread last sent was answered 429: it leaves the log, and the window
