@@ -91,6 +91,9 @@ class SimConfig:
     request_log_limit: int | None = None
     # start time override (epoch seconds) for export timestamps; None = time.time() at construction
     now: float | None = None
+    # further projects on the same server, each with its own data: {project id: DatasetSpec};
+    # project 1 (`dataset`) is every key's current project ('@current')
+    extra_projects: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.content_mode not in ("redirect", "direct"):

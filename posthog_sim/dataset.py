@@ -371,8 +371,9 @@ def property_value_text(value: Any) -> str:
     return text
 
 class Dataset:
-    def __init__(self, spec: DatasetSpec, now: float | None = None):
+    def __init__(self, spec: DatasetSpec, now: float | None = None, team_id: int = 1):
         self.spec = spec
+        self.team_id = int(team_id)  # the project (team) these rows belong to
         self.seed = int(spec.seed)
         self.start_time = time.time() if now is None else float(now)
         self._lock = threading.RLock()
@@ -1097,7 +1098,7 @@ class Dataset:
     def export_storage_key(self, export_id: int) -> str:
         rec = self._exports[export_id]
         u = uuid.UUID(bytes=hashlib.sha256(f"{self.seed}:{export_id}".encode()).digest()[:16], version=4)
-        return f"exports/{_EXT_BY_FORMAT[rec.export_format]}/team-1/task-{export_id}/{u}"
+        return f"exports/{_EXT_BY_FORMAT[rec.export_format]}/team-{self.team_id}/task-{export_id}/{u}"
 
     # ------------------------------------------------------------ explicit members (legacy mode)
     def _build_members(self) -> list[dict]:

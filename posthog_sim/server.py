@@ -221,12 +221,14 @@ class ApiApp:
     def __init__(self, sim: "Simulator"):
         self.sim = sim
         self.cfg: SimConfig = sim.cfg
-        self.ds: Dataset = sim.dataset
+        # the dataset of the project a request names, per request thread (set by _route)
+        self._request = threading.local()
         self._page_cache: OrderedDict = OrderedDict()
         self._page_lock = threading.Lock()
 
     # -------------------------------------------------------------- top-level
     def handle(self, method: str, path: str, query: str, headers, body: bytes, host: str) -> Response:
+        self._request.ds = None  # a keep-alive thread's previous request named its own project
         if not path.startswith("/api/") and path != "/api":
             r = Response(404, b"<!doctype html><title>Not Found</title><h1>Not Found</h1>"
                               b"<p>The requested resource was not found on this server.</p>",
@@ -333,8 +335,13 @@ class ApiApp:
                          f"Personal API key found in request {source} is invalid.", None, endpoint, auth_headers)
         ctx.key, ctx.user_id, ctx.scopes = key, info[0], tuple(info[1])
         # ---- project
-        if not (ctx.pid_raw == "@current" or ctx.pid_raw == str(self.sim.project_id)):
+        # a project the key's organization has: '@current' is the key owner's current project
+        # (project 1 here); another id is a 404 like PostHog's for a team not in the org
+        ds = self.sim.dataset if ctx.pid_raw == "@current" else \
+            self.sim.datasets.get(int(ctx.pid_raw)) if ctx.pid_raw.isdigit() else None
+        if ds is None:
             return not_found("Project not found.", endpoint)
+        self._request.ds = ds
         # ---- scopes
         scope = methods.get(ctx.method, "")
         if ctx.method in methods:
@@ -417,12 +424,17 @@ class ApiApp:
             return f"http://{host}{pq}" if proto == "https" else f"http://{host.split(':')[0]}:80{pq}"
         return f"{proto}://{host}{pq}"
 
+    @property
+    def ds(self) -> Dataset:
+        """The dataset of the project this thread's request names."""
+        return getattr(self._request, "ds", None) or self.sim.dataset
+
     def query(self, ctx: Ctx) -> Response:
         return _query.handle(self, ctx)
 
     # -------------------------------------------------------------- project
     def project_retrieve(self, ctx: Ctx) -> Response:
-        pid = self.sim.project_id
+        pid = self.ds.team_id
         return json_response(200, {"id": pid, "uuid": "0190a8f0-0000-7000-8000-000000000001",
                                    "organization": "0190a8f0-0000-7000-8000-00000000000a",
                                    "name": "Default project", "project_id": pid})
@@ -463,7 +475,7 @@ class ApiApp:
         cursor = decode_cursor(ctx.params.get("cursor"))
         search = ctx.params.get("search") or None
         gkey = ctx.params.get("group_key") or None
-        ck = (gti, cursor, search, gkey, self.ds.version)
+        ck = (self.ds.team_id, gti, cursor, search, gkey, self.ds.version)
         with self._page_lock:
             hit = self._page_cache.get(ck)
             if hit is not None:
@@ -641,7 +653,7 @@ class ApiApp:
             # same origin, a relative Location from Django's reverse("project_datasets-export-
             # content", ...) (products/exports/backend/api/exports.py, `content`).
             dataset_id = rec.export_context["dataset_id"]
-            location = (f"/api/projects/{self.sim.project_id}/datasets/{dataset_id}"
+            location = (f"/api/projects/{self.ds.team_id}/datasets/{dataset_id}"
                         f"/exports/{eid}/content")
             return Response(302, b"", [("Location", location)], "text/html; charset=utf-8")
         length = self.ds.export_content_length(eid)
@@ -653,7 +665,8 @@ class ApiApp:
         direct = ctx.params.get("direct") == "true" and rec.export_format == C.PNG
         disposition = f'attachment; filename="{rec.filename}"' if download else None
         if self.cfg.content_mode == "redirect" and not direct:
-            url = self.sim.presign(eid, rec.export_format, disposition)
+            url = self.sim.presign(eid, rec.export_format, disposition,
+                                   project_id=self.ds.team_id)
             return Response(302, b"", [("Location", url)], "text/html; charset=utf-8")
         headers = [("Cache-Control", "max-age=86400")]
         if disposition:
@@ -1006,6 +1019,10 @@ class Simulator:
         self.cfg = cfg or SimConfig()
         self.dataset = Dataset(self.cfg.dataset, now=self.cfg.now)
         self.project_id = 1
+        # every project this server holds, by id; project 1 is `dataset`
+        self.datasets: dict[int, Dataset] = {self.project_id: self.dataset}
+        for pid, spec in (self.cfg.extra_projects or {}).items():
+            self.datasets[int(pid)] = Dataset(spec, now=self.cfg.now, team_id=int(pid))
         self.api_key = self.cfg.api_key
         self.keys: dict[str, tuple[int, tuple]] = {self.cfg.api_key: (1, tuple(self.cfg.scopes))}
         for k, (uid, scopes) in (self.cfg.extra_keys or {}).items():
@@ -1139,10 +1156,10 @@ class Simulator:
         return out
 
     def presign(self, export_id: int, content_type: str, disposition: str | None = None,
-                ttl: int | None = None, now: float | None = None) -> str:
+                ttl: int | None = None, now: float | None = None, project_id: int = 1) -> str:
         ttl = self.cfg.presign_ttl if ttl is None else ttl
         now = time.time() if now is None else now
-        key = self.dataset.export_storage_key(export_id)
+        key = self.datasets[project_id].export_storage_key(export_id)
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         params = [("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
                   ("X-Amz-Credential", f"SIMACCESSKEY/{amz_date[:8]}/us-east-1/s3/aws4_request"),
@@ -1224,12 +1241,12 @@ class Simulator:
 
     def _fault_body(self, kind: str, path: str, query: str) -> tuple[bytes, str]:
         if kind == "storage":
-            eid = self._storage_export_id(path)
+            ds, eid = self._storage_export(path)
             if eid is not None:
-                n = self.dataset.export_content_length(eid)
+                n = ds.export_content_length(eid)
                 if n is not None and n <= 8 * 1024 * 1024:
-                    rec = self.dataset.export_record(eid)
-                    return self.dataset.export_content(eid) or b"", rec.export_format
+                    rec = ds.export_record(eid)
+                    return ds.export_content(eid) or b"", rec.export_format
             return bytes(range(256)) * 256, "application/octet-stream"
         rows = [{"group_type_index": 0, "group_key": f"fault-{i}", "group_properties": {"pad": "x" * 60},
                  "created_at": "2026-01-01T00:00:00Z"} for i in range(60)]
@@ -1242,10 +1259,11 @@ class Simulator:
             return self._storage(method, path, query, headers)
         return Response(200, b'{"results":[],"next":null}', endpoint="foreign")
 
-    @staticmethod
-    def _storage_export_id(path: str) -> int | None:
-        m = re.match(r"^/exports/[a-z0-9]+/team-\d+/task-(\d+)/[0-9a-f-]+$", path)
-        return int(m.group(1)) if m else None
+    def _storage_export(self, path: str) -> tuple[Dataset, int | None]:
+        """The dataset (by the key's team) and export id a storage path names."""
+        m = re.match(r"^/exports/[a-z0-9]+/team-(\d+)/task-(\d+)/[0-9a-f-]+$", path)
+        ds = self.datasets.get(int(m.group(1))) if m else None
+        return (ds, int(m.group(2))) if ds is not None else (self.dataset, None)
 
     def _storage(self, method: str, path: str, query: str, headers) -> Response:
         if headers.get("Authorization"):
@@ -1276,8 +1294,8 @@ class Simulator:
             return s3_error(403, "AccessDenied", "Access Denied", path)
         if time.time() > signed_at + expires:
             return s3_error(403, "AccessDenied", "Request has expired", path)
-        eid = self._storage_export_id(path)
-        length = self.dataset.export_content_length(eid) if eid is not None else None
+        ds, eid = self._storage_export(path)
+        length = ds.export_content_length(eid) if eid is not None else None
         if length is None:
             return s3_error(404, "NoSuchKey", "The specified key does not exist.", path)
         ctype = pd.get("response-content-type") or "application/octet-stream"
@@ -1285,5 +1303,5 @@ class Simulator:
                 ("x-amz-request-id", hashlib.md5(path.encode()).hexdigest()[:16].upper())]
         if pd.get("response-content-disposition"):
             hdrs.append(("Content-Disposition", pd["response-content-disposition"]))
-        return Response(200, b"", hdrs, ctype, stream=self.dataset.export_content_iter(eid), length=length,
+        return Response(200, b"", hdrs, ctype, stream=ds.export_content_iter(eid), length=length,
                         endpoint="storage")

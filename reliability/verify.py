@@ -52,13 +52,29 @@ def _ts(value: str | None) -> str | None:
     return parse_ts(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def _connect(database: Path, lake_root: Path | str | None = None) -> duckdb.DuckDBPyConnection:
+def _connect(database: Path, lake_root: Path | str | None = None,
+             project_id: int | None = None) -> duckdb.DuckDBPyConnection:
     # the Lake's own read path retries lock conflicts; the oracle runs when nothing writes.
     # An S3 lake's views read s3:// files: the connection gets the lake's filesystem.
-    con = duckdb.connect(str(database), read_only=True)
-    if lake_root is not None:
-        Location.parse(str(lake_root)).register(con)
+    if project_id is None:
+        con = duckdb.connect(str(database), read_only=True)
+        if lake_root is not None:
+            Location.parse(str(lake_root)).register(con)
+    else:  # posthog.<table> shows one project's rows: views over the warehouse's, filtered
+        con = duckdb.connect()
+        if lake_root is not None:
+            Location.parse(str(lake_root)).register(con)
+        con.execute(f"ATTACH {_sql_text(str(database))} AS wh (READ_ONLY)")
+        con.execute("CREATE SCHEMA posthog")
+        for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE database_name "
+                                   "= 'wh' AND schema_name = 'posthog'").fetchall():
+            con.execute(f'CREATE VIEW posthog."{name}" AS SELECT * FROM wh.posthog."{name}" '
+                        f"WHERE project_id = {int(project_id)}")
     return con
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _extra_of(obj: dict, typed: set[str]) -> dict | None:
@@ -66,11 +82,13 @@ def _extra_of(obj: dict, typed: set[str]) -> dict | None:
     return extra or None
 
 
-def verify_exact(sim: Any, lake_root: Path, database: Path) -> Counts:
-    """Every table the sync writes equals the simulator's dataset; every archived file too."""
-    ds = sim.dataset
+def verify_exact(sim: Any, lake_root: Path, database: Path, project_id: int | None = None
+                 ) -> Counts:
+    """Every table the sync writes equals the simulator's dataset; every archived file too.
+    With `project_id`: that project's rows equal its dataset on the simulator."""
+    ds = sim.dataset if project_id is None else sim.datasets[project_id]
     counts = Counts()
-    con = _connect(database, lake_root)
+    con = _connect(database, lake_root, project_id)
     try:
         # ---- group types
         types = con.execute(
@@ -311,25 +329,27 @@ def verify_archived_exports_have_their_rows(lake_root: Path | str) -> int:
     con = location.register(duckdb.connect())
     try:
         archived = con.execute(
-            "SELECT export_id, export_format, stored_path "
+            "SELECT project_id, export_id, export_format, stored_path "
             f"FROM read_parquet({sorted(contents_files)})"
         ).fetchall()
-        rows_by_export: dict[int, int] = {}
+        rows_by_export: dict[tuple[int, int], int] = {}
         if _has_table(location, rows_uri):
             files, _ = _version_files(location, rows_uri)
             if files:
-                rows_by_export = dict(con.execute(
-                    f"SELECT export_id, count(*) FROM read_parquet({sorted(files)}) GROUP BY 1"
-                ).fetchall())
+                rows_by_export = {(p, e): n for p, e, n in con.execute(
+                    "SELECT project_id, export_id, count(*) "
+                    f"FROM read_parquet({sorted(files)}) GROUP BY 1, 2"
+                ).fetchall()}
     finally:
         con.close()
-    for export_id, fmt, stored_path in archived:
+    for project_id, export_id, fmt, stored_path in archived:
         if fmt in TABULAR_FORMATS:
             data = read_stored(lake_root, stored_path)
             expected = sum(1 for _ in iter_json_rows(lambda d=data: io.BytesIO(d), fmt))
-            assert rows_by_export.get(export_id, 0) == expected, (
-                f"export {export_id} is archived with {rows_by_export.get(export_id, 0)} of "
-                f"its {expected} rows")
+            got = rows_by_export.get((project_id, export_id), 0)
+            assert got == expected, (
+                f"project {project_id}'s export {export_id} is archived with {got} of its "
+                f"{expected} rows")
     return len(archived)
 
 
