@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
+from assets.project import SINGLE, Project
 from assets.tables import begin_sync
-from resources.lake import release_memory
+from resources.lake import ScopedLake, release_memory
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -212,21 +213,30 @@ def _duration(seconds: float) -> str:
 
 
 @contextmanager
-def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lake: Any
-               ) -> Iterator[tuple[Any, Any]]:
-    """What a landing asset works inside: the lake, the asset's own lock (one sync of it at a
-    time, across processes; a second waits up to `config.lock_timeout_seconds`), and a client."""
-    store = lake.get_lake()
-    store.remove_dead_leftovers()
+def asset_sync(context: dg.AssetExecutionContext, config: Any, posthog: Any, lake: Any,
+               project: Project = SINGLE) -> Iterator[tuple[ScopedLake, Any]]:
+    """What a landing asset works inside: a client for its project, the lake confined to that
+    project's rows (`project_id`), and the asset's own lock (one sync of it at a time, across
+    processes; a second waits up to `config.lock_timeout_seconds`). A failure is logged with
+    the project it belongs to before it fails the step."""
+    lake_ = lake.get_lake()
+    lake_.remove_dead_leftovers()
     begin_sync(context.log)  # each misfit field is warned about once per sync
     # What the process holds before the step (Dagster, the imports: some 300k objects) is moved
     # out of the collector's sight for the step: its full collections would otherwise walk all
     # of it, again and again, while pages churn.
     gc.freeze()
     try:
-        with store.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
-                posthog.get_client(logger=context.log) as client:
+        with lake_.lock(context.asset_key.to_user_string(), timeout=config.lock_timeout_seconds), \
+                posthog.get_client(logger=context.log, project=project.config) as client:
+            store = ScopedLake(lake_, client.project_number(),
+                               adopt_unscoped=not project.several, log=context.log)
             yield store, client
+    except Exception as exc:
+        if project.several:
+            context.log.error("%s failed: %s: %s", project.label, type(exc).__name__,
+                              str(exc).splitlines()[0] if str(exc) else "")
+        raise
     finally:
         begin_sync()  # the step's logger ends with the step
         # collected while still frozen: only what the step made is walked (a full collection

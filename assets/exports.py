@@ -16,6 +16,7 @@ from pydantic import Field
 from assets._streams import Progress, asset_sync
 from assets.groups import KINDS, SyncConfig
 from assets.metadata import sync_metadata
+from assets.project import SINGLE, Project
 from assets.tables import (
     EXPORT_ARCHIVE,
     EXPORT_CONTENTS,
@@ -83,15 +84,57 @@ class ContentsConfig(SyncConfig):
 EXPORTS_FIRST = {"dagster/priority": "1"}
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds={"posthog"},
-          op_tags=EXPORTS_FIRST, metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA})
-def posthog_requested_exports(
-    context: dg.AssetExecutionContext, config: RequestedExportsConfig, posthog: PostHogResource
-) -> dg.MaterializeResult:
-    """Creates the configured exports and waits until each has content or fails.
-    Endpoint: POST /api/projects/:id/exports/ (then GET .../exports/:id/ to poll)"""
+def export_assets(project: Project = SINGLE) -> list[dg.AssetsDefinition]:
+    """The export assets of one project (see assets/project.py)."""
+    where = dict(key_prefix=project.prefix, group_name=project.group_name, pool=POSTHOG_POOL,
+                 op_tags=EXPORTS_FIRST)
+
+    @dg.asset(name="posthog_requested_exports", kinds={"posthog"}, **where,
+              metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA, **project.metadata})
+    def posthog_requested_exports(
+        context: dg.AssetExecutionContext, config: RequestedExportsConfig,
+        posthog: PostHogResource,
+    ) -> dg.MaterializeResult:
+        """Creates the configured exports and waits until each has content or fails.
+        Endpoint: POST /api/projects/:id/exports/ (then GET .../exports/:id/ to poll)"""
+        return request_exports(context, config, posthog, project)
+
+    @dg.asset(name="posthog_exports", kinds=KINDS, deps=[posthog_requested_exports], **where,
+              metadata={**table_metadata(EXPORTS), **project.metadata})
+    def posthog_exports(
+        context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+        lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Metadata of every exported asset ever seen; exports PostHog no longer lists
+        (expired) stay, with `listed = false`. Endpoint: GET /api/projects/:id/exports/"""
+        return sync_exports(context, config, posthog, lake, project)
+
+    @dg.asset(name="posthog_export_contents", kinds=KINDS, deps=[posthog_exports], **where,
+              metadata={**table_metadata(EXPORT_CONTENTS), **project.metadata},
+              freshness_policy=dg.FreshnessPolicy.time_window(
+                  warn_window=ARCHIVE_WARN_WINDOW, fail_window=ARCHIVE_FAIL_WINDOW),
+              # new export metadata, however it landed (a manual run of posthog_exports, the
+              # requested-exports job), is archived at once rather than at the next hourly
+              # tick; acted on by posthog_automation_sensor (pipelines/sensors.py), off until
+              # switched on
+              automation_condition=dg.AutomationCondition.eager())
+    def posthog_export_contents(
+        context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
+        lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Archives the bytes of every export that has content and is not archived yet
+        (content-addressed under LAKE_ROOT), and parses CSV/XLSX/JSON into
+        `posthog.export_rows`. Endpoint: GET /api/projects/:id/exports/:id/content/ (302 to
+        storage)"""
+        return archive_export_contents(context, config, posthog, lake, project)
+
+    return [posthog_requested_exports, posthog_exports, posthog_export_contents]
+
+
+def request_exports(context: dg.AssetExecutionContext, config: RequestedExportsConfig,
+                    posthog: PostHogResource, project: Project) -> dg.MaterializeResult:
     results: list[dict[str, Any]] = []
-    with posthog.get_client(logger=context.log) as client:
+    with posthog.get_client(logger=context.log, project=project.config) as client:
         for request in config.requests:
             if request.export_format not in EXPORT_FORMATS:
                 raise dg.Failure(
@@ -127,16 +170,10 @@ def posthog_requested_exports(
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
-          deps=[posthog_requested_exports], op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORTS))
-def posthog_exports(
-    context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Metadata of every exported asset ever seen; exports PostHog no longer lists (expired)
-    stay, with `listed = false`. Endpoint: GET /api/projects/:id/exports/"""
+def sync_exports(context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+                 lake: LakeResource, project: Project) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
-    with asset_sync(context, config, posthog, lake) as (store, client):
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
         previous = {r["id"]: r for r in store.read_current(EXPORTS).to_pylist()}
         rows: dict[int, dict[str, Any]] = {}
         for obj in client.iter_exports():
@@ -157,7 +194,8 @@ def posthog_exports(
         ordered = sorted(rows.values(), key=lambda r: r["id"], reverse=True)
         with store.writer(EXPORTS, synced_at=synced_at) as writer:
             writer.write_rows(ordered)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_exports",
+        published = store.publish([writer], run_id=context.run.run_id,
+                                  asset=context.asset_key.to_user_string(),
                                   max_drop=config.max_row_drop)
     listed = [r for r in ordered if r["listed"]]
     return dg.MaterializeResult(
@@ -173,19 +211,24 @@ def posthog_exports(
     )
 
 
-def expiring_unarchived(store: Any, before: datetime) -> list[tuple[int, str, datetime]]:
-    """(id, format, expires_after) of listed exports with content, unarchived, expiring before."""
+def expiring_unarchived(store: Any, before: datetime, project_id: int | None = None
+                        ) -> list[tuple[int, int, str, datetime]]:
+    """(project_id, id, format, expires_after) of listed exports with content, unarchived,
+    expiring before `before`: of every project, or of `project_id`."""
     if not store.has_table(EXPORTS.name):
         return []
     archived = (
-        f"SELECT export_id FROM posthog.{EXPORT_CONTENTS.name}"
-        if store.has_table(EXPORT_CONTENTS.name) else "SELECT NULL::BIGINT AS export_id WHERE false"
+        f"AND NOT EXISTS (SELECT 1 FROM posthog.{EXPORT_CONTENTS.name} c "
+        f"WHERE c.project_id = e.project_id AND c.export_id = e.id) "
+        if store.has_table(EXPORT_CONTENTS.name) else ""
     )
     return store.query(
-        f"SELECT e.id, e.export_format, e.expires_after FROM posthog.{EXPORTS.name} e "
+        f"SELECT e.project_id, e.id, e.export_format, e.expires_after "
+        f"FROM posthog.{EXPORTS.name} e "
         f"WHERE e.listed AND e.has_content AND e.expires_after < ? "
-        f"AND e.id NOT IN ({archived}) ORDER BY e.expires_after, e.id",
-        [before],
+        f"AND (?::BIGINT IS NULL OR e.project_id = ?) {archived}"
+        f"ORDER BY e.expires_after, e.project_id, e.id",
+        [before, project_id, project_id],
     )
 
 
@@ -206,23 +249,11 @@ ARCHIVE_WARN_WINDOW = timedelta(hours=2)
 ARCHIVE_FAIL_WINDOW = timedelta(hours=6)
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_exports],
-          op_tags=EXPORTS_FIRST, metadata=table_metadata(EXPORT_CONTENTS),
-          freshness_policy=dg.FreshnessPolicy.time_window(
-              warn_window=ARCHIVE_WARN_WINDOW, fail_window=ARCHIVE_FAIL_WINDOW),
-          # new export metadata, however it landed (a manual run of posthog_exports, the
-          # requested-exports job), is archived at once rather than at the next hourly tick;
-          # acted on by posthog_automation_sensor (pipelines/sensors.py), off until switched on
-          automation_condition=dg.AutomationCondition.eager())
-def posthog_export_contents(
-    context: dg.AssetExecutionContext, config: ContentsConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Archives the bytes of every export that has content and is not archived yet
-    (content-addressed under LAKE_ROOT), and parses CSV/XLSX/JSON into `posthog.export_rows`.
-    Endpoint: GET /api/projects/:id/exports/:id/content/ (302 to storage)"""
+def archive_export_contents(context: dg.AssetExecutionContext, config: ContentsConfig,
+                            posthog: PostHogResource, lake: LakeResource, project: Project
+                            ) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
-    with asset_sync(context, config, posthog, lake) as (store, client):
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
         exports = {r["id"]: r for r in store.read_current(EXPORTS).to_pylist()}
         archived = {
             r["export_id"]
@@ -327,7 +358,7 @@ def posthog_export_contents(
         # its export_contents row, which is what "archived" is read from; then the states.
         published = store.publish(
             [rows_writer, contents_writer, archive_writer],
-            run_id=context.run.run_id, asset="posthog_export_contents",
+            run_id=context.run.run_id, asset=context.asset_key.to_user_string(),
             max_drop=config.max_row_drop,
         )
         published.sort(key=lambda t: t.name != EXPORT_CONTENTS.name)  # the asset's table first

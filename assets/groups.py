@@ -10,6 +10,7 @@ from pydantic import Field
 
 from assets._streams import Progress, asset_sync, interleave
 from assets.metadata import sync_metadata
+from assets.project import SINGLE, Project
 from assets.tables import (
     GROUP_PROPERTY_DEFINITIONS,
     GROUP_PROPERTY_VALUES,
@@ -90,44 +91,90 @@ class PropertyValuesConfig(SyncConfig):
     concurrency: int = Field(default=4, description="property_values requests in flight at once.")
 
 
-def _group_types(context: dg.AssetExecutionContext, store, client) -> dict[int, str | None]:
-    """Group type names by index. When this run has just published posthog.group_types (a full
-    sync, or the groups job) they are read from the lake: the same list, one request fewer for
-    each asset that needs it. Otherwise (the asset materialized on its own) they are listed."""
-    snapshot = store.current_snapshot(GROUP_TYPES.name)
-    if snapshot is not None and snapshot.get("run_id") == context.run.run_id:
+def _group_types(context: dg.AssetExecutionContext, store, client, project: Project
+                 ) -> dict[int, str | None]:
+    """Group type names by index. When this run has just published the project's group types
+    (a full sync, or the groups job) they are read from the lake: the same list, one request
+    fewer for each asset that needs it. Otherwise (the asset materialized on its own) they are
+    listed."""
+    last = store.last_commit(GROUP_TYPES.name,
+                             asset=project.key(GROUP_TYPES_ASSET).to_user_string())
+    if last is not None and last.get("run_id") == context.run.run_id:
         rows = store.read_current(GROUP_TYPES, columns=["group_type_index", "group_type"])
         return {r["group_type_index"]: r["group_type"] for r in rows.to_pylist()}
     return {t["group_type_index"]: t.get("group_type") for t in client.list_group_types()}
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
-          metadata=table_metadata(GROUP_TYPES))
-def posthog_group_types(
-    context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Group types of the project. Endpoint: GET /api/projects/:id/groups_types/"""
+GROUP_TYPES_ASSET = "posthog_group_types"
+
+
+def group_assets(project: Project = SINGLE) -> list[dg.AssetsDefinition]:
+    """The group assets of one project (see assets/project.py)."""
+
+    def spec(table, **kw) -> dict:
+        return dict(key_prefix=project.prefix, group_name=project.group_name, pool=POSTHOG_POOL,
+                    kinds=KINDS, metadata={**table_metadata(table), **project.metadata}, **kw)
+
+    @dg.asset(name=GROUP_TYPES_ASSET, **spec(GROUP_TYPES))
+    def posthog_group_types(
+        context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+        lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Group types of the project. Endpoint: GET /api/projects/:id/groups_types/"""
+        return sync_group_types(context, config, posthog, lake, project)
+
+    @dg.asset(name="posthog_groups", deps=[posthog_group_types], **spec(GROUPS))
+    def posthog_groups(
+        context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
+        lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Every group of every type, as a full snapshot, with its history in
+        `posthog.groups_history`. Endpoint: GET /api/projects/:id/groups/?group_type_index=N,
+        or POST /api/projects/:id/query/ (HogQL over `groups`, keyset pages of up to 50,000)."""
+        return sync_groups(context, config, posthog, lake, project)
+
+    @dg.asset(name="posthog_group_property_definitions", deps=[posthog_group_types],
+              **spec(GROUP_PROPERTY_DEFINITIONS))
+    def posthog_group_property_definitions(
+        context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+        lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Property definitions of each group type. Endpoint:
+        GET /api/projects/:id/property_definitions/?type=group&group_type_index=N"""
+        return sync_property_definitions(context, config, posthog, lake, project)
+
+    @dg.asset(name="posthog_group_property_values", deps=[posthog_group_property_definitions],
+              **spec(GROUP_PROPERTY_VALUES))
+    def posthog_group_property_values(
+        context: dg.AssetExecutionContext, config: PropertyValuesConfig,
+        posthog: PostHogResource, lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Top 20 values (with counts) of chosen property keys per group type. Endpoint:
+        GET /api/projects/:id/groups/property_values/?group_type_index=N&key=K"""
+        return sync_property_values(context, config, posthog, lake, project)
+
+    return [posthog_group_types, posthog_groups, posthog_group_property_definitions,
+            posthog_group_property_values]
+
+
+def sync_group_types(context: dg.AssetExecutionContext, config: SyncConfig,
+                     posthog: PostHogResource, lake: LakeResource, project: Project
+                     ) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
-    with asset_sync(context, config, posthog, lake) as (store, client):
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
         rows = [group_type_row(t) for t in client.list_group_types()]
         with store.writer(GROUP_TYPES, synced_at=synced_at) as writer:
             writer.write_rows(rows)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_group_types",
+        published = store.publish([writer], run_id=context.run.run_id,
+                                  asset=context.asset_key.to_user_string(),
                                   max_drop=config.max_row_drop)
     return dg.MaterializeResult(metadata=sync_metadata(
             client.stats, published, preview=rows))
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_group_types],
-          metadata=table_metadata(GROUPS))
-def posthog_groups(
-    context: dg.AssetExecutionContext, config: GroupsConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Every group of every type, as a full snapshot, with its history in
-    `posthog.groups_history`. Endpoint: GET /api/projects/:id/groups/?group_type_index=N, or
-    POST /api/projects/:id/query/ (HogQL over `groups`, keyset pages of up to 50,000)."""
+def sync_groups(context: dg.AssetExecutionContext, config: GroupsConfig,
+                posthog: PostHogResource, lake: LakeResource, project: Project
+                ) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
     per_type: Counter[str] = Counter()
     pages_by_type: Counter[int] = Counter()
@@ -138,8 +185,8 @@ def posthog_groups(
     )
     if not 1 <= config.query_page_rows <= MAX_QUERY_ROWS:
         raise dg.Failure(f"query_page_rows must be 1..{MAX_QUERY_ROWS:,} (PostHog's row cap).")
-    with asset_sync(context, config, posthog, lake) as (store, client):
-        types = _group_types(context, store, client)
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
+        types = _group_types(context, store, client, project)
         queries = QueryGroups(client)
         plans, missing_scope = _plan(context, queries, types, source, config)
         rest_types = [i for i in types if plans[i].source == "rest"]
@@ -199,7 +246,8 @@ def posthog_groups(
                 )
             if missing_scope:
                 _log_scope_savings(context, paths, config.query_page_rows)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_groups",
+        published = store.publish([writer], run_id=context.run.run_id,
+                                  asset=context.asset_key.to_user_string(),
                                   max_drop=config.max_row_drop)
         progress.update(force=True, groups=published[0].rows)
     return dg.MaterializeResult(
@@ -281,18 +329,13 @@ def _write_gathered(writer, gathered: GroupColumns, preview: list[dict]) -> None
     writer.write_batch(batch)
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS, deps=[posthog_group_types],
-          metadata=table_metadata(GROUP_PROPERTY_DEFINITIONS))
-def posthog_group_property_definitions(
-    context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Property definitions of each group type. Endpoint:
-    GET /api/projects/:id/property_definitions/?type=group&group_type_index=N"""
+def sync_property_definitions(context: dg.AssetExecutionContext, config: SyncConfig,
+                              posthog: PostHogResource, lake: LakeResource, project: Project
+                              ) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
     preview: list[dict] = []
-    with asset_sync(context, config, posthog, lake) as (store, client):
-        types = _group_types(context, store, client)
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
+        types = _group_types(context, store, client, project)
         with store.writer(GROUP_PROPERTY_DEFINITIONS, synced_at=synced_at) as writer:
             for index, group_type in types.items():
                 rows = [
@@ -302,7 +345,7 @@ def posthog_group_property_definitions(
                 writer.write_rows(rows)
                 preview.extend(rows[: max(0, 10 - len(preview))])
         published = store.publish(
-            [writer], run_id=context.run.run_id, asset="posthog_group_property_definitions",
+            [writer], run_id=context.run.run_id, asset=context.asset_key.to_user_string(),
             max_drop=config.max_row_drop,
         )
     return dg.MaterializeResult(metadata=sync_metadata(
@@ -328,19 +371,13 @@ def _keys_to_fetch(store, config: PropertyValuesConfig, types: dict[int, str | N
     return chosen
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
-          deps=[posthog_group_property_definitions],
-          metadata=table_metadata(GROUP_PROPERTY_VALUES))
-def posthog_group_property_values(
-    context: dg.AssetExecutionContext, config: PropertyValuesConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Top 20 values (with counts) of chosen property keys per group type. Endpoint:
-    GET /api/projects/:id/groups/property_values/?group_type_index=N&key=K"""
+def sync_property_values(context: dg.AssetExecutionContext, config: PropertyValuesConfig,
+                         posthog: PostHogResource, lake: LakeResource, project: Project
+                         ) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
     preview: list[dict] = []
-    with asset_sync(context, config, posthog, lake) as (store, client):
-        types = _group_types(context, store, client)
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
+        types = _group_types(context, store, client, project)
         keys = _keys_to_fetch(store, config, types)
         sources = {
             (index, key): (
@@ -357,7 +394,7 @@ def posthog_group_property_values(
                 writer.write_rows(rows)
                 preview.extend(rows[: max(0, 10 - len(preview))])
         published = store.publish(
-            [writer], run_id=context.run.run_id, asset="posthog_group_property_values",
+            [writer], run_id=context.run.run_id, asset=context.asset_key.to_user_string(),
             # no volume guard: how many rows land follows the keys this run's config asks for
         )
     return dg.MaterializeResult(

@@ -9,23 +9,36 @@ from pydantic import Field
 from assets._streams import asset_sync
 from assets.groups import KINDS, SyncConfig
 from assets.metadata import sync_metadata
+from assets.project import SINGLE, Project
 from assets.tables import EXPLICIT_MEMBERS, explicit_member_row, table_metadata
 from resources.errors import PostHogEndpointMissingError
 from resources.lake import LakeResource
 from resources.posthog import POSTHOG_POOL, PostHogResource
 
 
-@dg.asset(group_name="posthog", pool=POSTHOG_POOL, kinds=KINDS,
-          metadata=table_metadata(EXPLICIT_MEMBERS))
-def posthog_explicit_members(
-    context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
-    lake: LakeResource,
-) -> dg.MaterializeResult:
-    """Explicit project members; an empty table where PostHog no longer has the endpoint
-    (current cloud). Endpoint: GET /api/projects/:id/explicit_members/"""
+def member_assets(project: Project = SINGLE) -> list[dg.AssetsDefinition]:
+    """The explicit members asset of one project (see assets/project.py)."""
+
+    @dg.asset(name="posthog_explicit_members", key_prefix=project.prefix,
+              group_name=project.group_name, pool=POSTHOG_POOL, kinds=KINDS,
+              metadata={**table_metadata(EXPLICIT_MEMBERS), **project.metadata})
+    def posthog_explicit_members(
+        context: dg.AssetExecutionContext, config: SyncConfig, posthog: PostHogResource,
+        lake: LakeResource,
+    ) -> dg.MaterializeResult:
+        """Explicit project members; an empty table where PostHog no longer has the endpoint
+        (current cloud). Endpoint: GET /api/projects/:id/explicit_members/"""
+        return sync_explicit_members(context, config, posthog, lake, project)
+
+    return [posthog_explicit_members]
+
+
+def sync_explicit_members(context: dg.AssetExecutionContext, config: SyncConfig,
+                          posthog: PostHogResource, lake: LakeResource, project: Project
+                          ) -> dg.MaterializeResult:
     synced_at = datetime.now(UTC)
     reason = None
-    with asset_sync(context, config, posthog, lake) as (store, client):
+    with asset_sync(context, config, posthog, lake, project) as (store, client):
         try:
             rows = [explicit_member_row(m) for m in client.list_explicit_members()]
         except PostHogEndpointMissingError:
@@ -37,7 +50,8 @@ def posthog_explicit_members(
             context.log.info(reason)
         with store.writer(EXPLICIT_MEMBERS, synced_at=synced_at) as writer:
             writer.write_rows(rows)
-        published = store.publish([writer], run_id=context.run.run_id, asset="posthog_explicit_members",
+        published = store.publish([writer], run_id=context.run.run_id,
+                                  asset=context.asset_key.to_user_string(),
                                   # a PostHog without the endpoint has none, by design
                                   max_drop=config.max_row_drop if reason is None else 1.0)
     extra = {"endpoint_available": reason is None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +54,18 @@ def parse_ts(value: Any) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+# Every table holds the rows of every configured PostHog project: `project_id` (the numeric
+# project id) is its first column and the scope of each sync's commit, so a project's sync
+# replaces, merges and keeps history within that project's rows only (resources/lake/spec.py).
+PROJECT_ID = "project_id"
+
+
+def per_project(spec: TableSpec) -> TableSpec:
+    """``spec`` with `project_id` as its first column and its commits' scope."""
+    return replace(spec, schema=pa.schema([(PROJECT_ID, pa.int64()), *spec.schema]),
+                   scope=PROJECT_ID)
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -137,7 +150,7 @@ def _ts_field(obj: Mapping[str, Any], field: str, unparsed: dict[str, Any], tabl
 # ---------------------------------------------------------------------------------------------
 # group types
 
-GROUP_TYPES = TableSpec(
+GROUP_TYPES = per_project(TableSpec(
     name="group_types",
     schema=pa.schema(
         [
@@ -153,7 +166,7 @@ GROUP_TYPES = TableSpec(
     ),
     json_columns=("default_columns", "extra"),
     description="One row per group type (GET /api/projects/:id/groups_types/).",
-)
+))
 _GROUP_TYPE_FIELDS = frozenset((
     "group_type_index",
     "group_type",
@@ -183,7 +196,7 @@ def group_type_row(obj: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # groups
 
-GROUPS = TableSpec(
+GROUPS = per_project(TableSpec(
     name="groups",
     schema=pa.schema(
         [
@@ -199,7 +212,7 @@ GROUPS = TableSpec(
     key=("group_type_index", "group_key"),
     history="groups_history",
     description="One row per group in the latest complete snapshot (GET .../groups/).",
-)
+))
 _GROUP_FIELDS = frozenset(("group_type_index", "group_key", "group_properties", "created_at"))
 
 
@@ -268,9 +281,9 @@ class GroupColumns:
                 extras.append(to_json(unparsed) if unparsed else None)
             created_at = pa.array(parsed, TS)
             extra = pa.array(extras, pa.string())
-        batch = pa.RecordBatch.from_arrays(
-            [index, pa.array(self._type, pa.string()), pa.array(self._key, pa.string()),
-             properties, created_at, extra],
+        batch = pa.RecordBatch.from_arrays(  # project_id is the writer's to fill
+            [pa.nulls(n, pa.int64()), index, pa.array(self._type, pa.string()),
+             pa.array(self._key, pa.string()), properties, created_at, extra],
             schema=GROUPS.schema,
         )
         for column in (self._index, self._type, self._key, self._properties, self._created):
@@ -289,7 +302,7 @@ _POSTHOG_TS = (
 # ---------------------------------------------------------------------------------------------
 # group property definitions and values
 
-GROUP_PROPERTY_DEFINITIONS = TableSpec(
+GROUP_PROPERTY_DEFINITIONS = per_project(TableSpec(
     name="group_property_definitions",
     schema=pa.schema(
         [
@@ -305,7 +318,7 @@ GROUP_PROPERTY_DEFINITIONS = TableSpec(
     json_columns=("extra",),
     key=("group_type_index", "name"),
     description="One row per (group type, property name) (GET .../property_definitions/?type=group).",
-)
+))
 _PROPDEF_FIELDS = frozenset(("name", "property_type", "is_numerical", "id"))
 
 
@@ -325,7 +338,7 @@ def property_definition_row(
     }
 
 
-GROUP_PROPERTY_VALUES = TableSpec(
+GROUP_PROPERTY_VALUES = per_project(TableSpec(
     name="group_property_values",
     schema=pa.schema(
         [
@@ -339,7 +352,7 @@ GROUP_PROPERTY_VALUES = TableSpec(
     ),
     json_columns=("extra",),
     description="Top values per (group type, property key) (GET .../groups/property_values/).",
-)
+))
 
 
 _VALUE_FIELDS = frozenset(("name", "count"))
@@ -363,7 +376,7 @@ def property_value_row(
 # ---------------------------------------------------------------------------------------------
 # exports
 
-EXPORTS = TableSpec(
+EXPORTS = per_project(TableSpec(
     name="exports",
     schema=pa.schema(
         [
@@ -391,7 +404,7 @@ EXPORTS = TableSpec(
         "Every exported asset ever seen (GET .../exports/); `listed` is false once PostHog "
         "stops listing it (expired), the row stays."
     ),
-)
+))
 _EXPORT_FIELDS = frozenset((
     "id",
     "dashboard",
@@ -429,7 +442,7 @@ def export_row(obj: Mapping[str, Any], *, seen_at: datetime) -> dict[str, Any]:
     }
 
 
-EXPORT_CONTENTS = TableSpec(
+EXPORT_CONTENTS = per_project(TableSpec(
     name="export_contents",
     schema=pa.schema(
         [
@@ -445,9 +458,9 @@ EXPORT_CONTENTS = TableSpec(
     mode="replace_keys",
     key=("export_id",),
     description="Archived export bytes, content-addressed under LAKE_ROOT (GET .../content/).",
-)
+))
 
-EXPORT_ROWS = TableSpec(
+EXPORT_ROWS = per_project(TableSpec(
     name="export_rows",
     schema=pa.schema(
         [
@@ -461,10 +474,10 @@ EXPORT_ROWS = TableSpec(
     key=("export_id",),
     description="One row per data row of an archived CSV/XLSX export (header order kept), per "
     "record of a JSON Lines export, per element of a JSON export's array.",
-)
+))
 
 # archive state per export: archived / pending / failed / expired / no_content
-EXPORT_ARCHIVE = TableSpec(
+EXPORT_ARCHIVE = per_project(TableSpec(
     name="export_archive",
     schema=pa.schema(
         [
@@ -478,12 +491,12 @@ EXPORT_ARCHIVE = TableSpec(
     ),
     key=("export_id",),
     description="Archive state of every export seen: archived, pending, failed or expired.",
-)
+))
 
 # ---------------------------------------------------------------------------------------------
 # explicit members (legacy endpoint)
 
-EXPLICIT_MEMBERS = TableSpec(
+EXPLICIT_MEMBERS = per_project(TableSpec(
     name="explicit_members",
     schema=pa.schema(
         [
@@ -501,7 +514,7 @@ EXPLICIT_MEMBERS = TableSpec(
     ),
     json_columns=("user", "extra"),
     description="Explicit project members (legacy GET .../explicit_members/; empty on current cloud).",
-)
+))
 _MEMBER_FIELDS = frozenset((
     "id",
     "level",
@@ -553,6 +566,7 @@ ALL_TABLES = (
 
 _EXTRA = "Every other field the API returned for the row (JSON), so new PostHog fields are kept."
 _SYNCED_AT = "When the sync that wrote this row ran (UTC)."
+_PROJECT_ID_TEXT = "The PostHog project (team) id the row came from; every table has it."
 _GROUP_TYPE_INDEX = "Group type index (0-4), as PostHog numbers group types."
 _GROUP_TYPE = "Group type name, e.g. 'company' (from posthog.group_types)."
 
@@ -672,13 +686,14 @@ def _sql_type(spec: TableSpec, field: pa.Field) -> str:
 def column_schema(spec: TableSpec) -> dg.TableSchema:
     """The table's columns as the warehouse shows them (DuckDB types), with descriptions: the
     asset's `dagster/column_schema`, shown in the catalog before any run."""
-    described = COLUMN_DESCRIPTIONS.get(spec.name, {})
+    described = {PROJECT_ID: _PROJECT_ID_TEXT, **COLUMN_DESCRIPTIONS.get(spec.name, {})}
     return dg.TableSchema(columns=[
         dg.TableColumn(
             name=field.name,
             type=_sql_type(spec, field),
             description=described.get(field.name),
-            constraints=dg.TableColumnConstraints(nullable=field.name not in spec.key)
+            constraints=dg.TableColumnConstraints(
+                nullable=field.name not in (*spec.key, PROJECT_ID))
             if spec.key else None,
         )
         for field in spec.full_schema

@@ -18,12 +18,14 @@ from pathlib import Path
 from resources.errors import (
     ENDPOINT_SCOPES,
     PostHogAPIError,
+    PostHogConfigError,
     PostHogConnectionError,
     PostHogEndpointMissingError,
     PostHogError,
 )
 from resources.lake import default_state_dir
 from resources.posthog import PostHogResource
+from resources.projects import ProjectConfig, projects_from_env
 
 DEFAULT_HOST = "https://us.posthog.com"
 # a check answers in seconds: one try per probe, short timeouts, no rate budget to wait for
@@ -96,30 +98,46 @@ def assets_needing(scope: str) -> list[str]:
 
 
 def run_checks(environ: Mapping[str, str]) -> Iterator[Result]:
-    """Every check, in order; later PostHog checks are skipped when an earlier one fails."""
+    """Every check, in order; later PostHog checks are skipped when an earlier one fails.
+    With several projects (resources/projects.py), the PostHog checks run for each."""
     resource = env_resource(environ)
-    problems = resource.config_problems()
-    if problems:
-        for problem in problems:
-            yield Result("FAIL", "configuration", problem)
-    else:
-        host = "POSTHOG_HOST unset: " + DEFAULT_HOST if not environ.get("POSTHOG_HOST") \
-            else f"POSTHOG_HOST={resource.host}"
-        yield Result("ok", "configuration",
-                     f"{host}, POSTHOG_PROJECT_ID={resource.project_id}, key set (not shown)")
-        yield from _posthog_checks(resource)
+    try:
+        projects = projects_from_env(environ)
+    except PostHogConfigError as exc:
+        yield Result("FAIL", "configuration", exc.description)
+        projects = []
+    several = len(projects) > 1 or bool(environ.get("POSTHOG_PROJECTS_FILE"))
+    for project in projects if several else [None] if projects else []:
+        name = f"{project.label}: " if project is not None else ""
+        problems = resource.config_problems(project)
+        if problems:
+            for problem in problems:
+                yield Result("FAIL", f"{name}configuration", problem)
+            continue
+        if project is None:
+            host = "POSTHOG_HOST unset: " + DEFAULT_HOST if not environ.get("POSTHOG_HOST") \
+                else f"POSTHOG_HOST={resource.host}"
+            yield Result("ok", "configuration",
+                         f"{host}, POSTHOG_PROJECT_ID={resource.project_id}, key set (not shown)")
+        else:
+            yield Result("ok", f"{name}configuration",
+                         f"host {project.host}, project {project.project_id}, key in "
+                         f"{project.key_env} (not shown)")
+        for result in _posthog_checks(resource, project):
+            yield Result(result.status, name + result.name, result.detail)
     yield _writable("lake", environ.get("LAKE_ROOT") or "data/lake", "LAKE_ROOT", _lake_writable)
     yield _writable("warehouse", environ.get("DUCKDB_DATABASE") or "data/warehouse.duckdb",
                     "DUCKDB_DATABASE", _warehouse_writable)
 
 
-def _posthog_checks(resource: PostHogResource) -> Iterator[Result]:
+def _posthog_checks(resource: PostHogResource, project: ProjectConfig | None
+                    ) -> Iterator[Result]:
     probe_resource = resource.model_copy(update=_PROBE_SETTINGS)
     with tempfile.TemporaryDirectory(prefix="posthog-check-") as state:
         # the probes' own budget file: a check never takes from (or waits on) a sync's budget
         probe_resource = probe_resource.model_copy(update={"state_dir": state})
-        with probe_resource.get_client() as client:
-            yield from _probe_all(client, resource.host)
+        with probe_resource.get_client(project=project) as client:
+            yield from _probe_all(client, project.host if project else resource.host)
 
 
 def _probe_all(client, host: str) -> Iterator[Result]:

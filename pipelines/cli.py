@@ -235,18 +235,20 @@ def _status(store: Lake) -> None:
         click.echo("")
     if store.has_table("exports"):
         archived = "posthog.export_contents" if store.has_table("export_contents") else None
-        join = (f"LEFT JOIN {archived} c ON c.export_id = e.id" if archived
+        join = (f"LEFT JOIN {archived} c ON c.project_id = e.project_id "
+                "AND c.export_id = e.id" if archived
                 else "LEFT JOIN (SELECT NULL::BIGINT AS export_id) c ON false")
         rows = store.query(
-            "SELECT e.id, e.export_format, e.has_content, e.exception IS NOT NULL, e.listed, "
-            f"e.expires_after FROM posthog.exports e {join} WHERE c.export_id IS NULL "
-            "ORDER BY e.expires_after NULLS LAST, e.id"
+            "SELECT e.project_id, e.id, e.export_format, e.has_content, "
+            "e.exception IS NOT NULL, e.listed, e.expires_after "
+            f"FROM posthog.exports e {join} WHERE c.export_id IS NULL "
+            "ORDER BY e.expires_after NULLS LAST, e.project_id, e.id"
         )
         now = datetime.now(UTC)
         click.echo(f"Exports not archived: {len(rows)}")
         if rows:
             shown = []
-            for export_id, fmt, has_content, failed, listed, expires in rows[:25]:
+            for project_id, export_id, fmt, has_content, failed, listed, expires in rows[:25]:
                 if failed:
                     state = "failed"
                 elif not listed:
@@ -259,8 +261,9 @@ def _status(store: Lake) -> None:
                 if expires is not None and listed:
                     hours = (expires - now).total_seconds() / 3600
                     left = f"{hours:,.1f} h" if hours >= 0 else "expired"
-                shown.append((export_id, fmt, state, expires, left))
-            _print_table(["id", "format", "state", "expires_after", "expires in"], shown)
+                shown.append((project_id, export_id, fmt, state, expires, left))
+            _print_table(["project_id", "id", "format", "state", "expires_after", "expires in"],
+                         shown)
             if len(rows) > 25:
                 click.echo(f"... and {len(rows) - 25} more")
 
@@ -310,20 +313,43 @@ def rebuild_views() -> None:
 
 
 @main.command("migrate-lake")
-def migrate_lake() -> None:
-    """Move a lake in the old snapshot format to Delta Lake tables (keeps a backup)."""
+@click.option("--project-id", type=int, default=None,
+              help="The PostHog project the lake was synced from: its rows get this "
+              "project_id. Default: POSTHOG_PROJECT_ID when it names one numeric project.")
+def migrate_lake(project_id: int | None) -> None:
+    """Bring a lake written by an earlier version up to date, keeping every row: the old
+    snapshot format becomes Delta Lake tables (a backup is kept), and tables written before
+    they had project_id get it (one commit each; time travel keeps the versions before)."""
     from assets.tables import ALL_TABLES
+    from resources.lake.lake import OLD_FORMAT_MARKER
     from resources.lake.migrate import migrate
 
+    if project_id is None:
+        configured = (os.environ.get("POSTHOG_PROJECT_ID") or "").strip()
+        if not configured.isdigit():
+            raise click.ClickException(
+                "--project-id: name the PostHog project the lake was synced from (its rows get "
+                "that project_id); POSTHOG_PROJECT_ID does not name one numeric project.")
+        project_id = int(configured)
     store = _resource().get_lake(create=False)
+    old_format = store.location.is_local and (
+        Path(store.location.uri) / store.schema / OLD_FORMAT_MARKER).is_dir()
     try:
-        written = migrate(store, ALL_TABLES)
+        if old_format:
+            written = migrate(store, ALL_TABLES, scope=project_id)
+            for name, rows in sorted(written.items()):
+                click.echo(f"{name}: {rows:,} rows")
+            click.echo(f"Migrated {store.root} to Delta Lake tables (project_id {project_id}); "
+                       f"the old files are kept beside it in {store.schema}.old-format-*/ "
+                       "(delete that once you are satisfied).")
+            return
+        changed = [name for spec in ALL_TABLES for name in store.add_scope(spec, project_id)]
     except LakeError as exc:
         raise click.ClickException(str(exc)) from None
-    for name, rows in sorted(written.items()):
-        click.echo(f"{name}: {rows:,} rows")
-    click.echo(f"Migrated {store.root} to Delta Lake tables; the old files are kept beside "
-               f"it in {store.schema}.old-format-*/ (delete that once you are satisfied).")
+    if changed:
+        click.echo(f"{', '.join(changed)}: every row given project_id {project_id}.")
+    else:
+        click.echo(f"{store.root}: every table already has project_id; nothing to migrate.")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -12,6 +12,7 @@ import dagster as dg
 
 from pipelines.factory import posthog_definitions
 from resources.lake import default_state_dir
+from resources.projects import projects_from_env
 
 
 def _env(name: str, default: str) -> str | dg.EnvVar:
@@ -21,6 +22,10 @@ def _env(name: str, default: str) -> str | dg.EnvVar:
 
 # locks, staged rows, downloads and the rate budget: local disk, never the (maybe S3) lake
 _DEFAULT_STATE_DIR = default_state_dir(os.environ.get("DUCKDB_DATABASE") or "data/warehouse.duckdb")
+
+# several projects (POSTHOG_PROJECT_ID=123,456 or POSTHOG_PROJECTS_FILE) make one copy of the
+# assets per project; one project keeps today's variables and asset keys
+_PROJECTS = projects_from_env(os.environ)
 
 defs = posthog_definitions(
     host=_env("POSTHOG_HOST", "https://us.posthog.com"),
@@ -36,4 +41,5 @@ defs = posthog_definitions(
     lake_root=_env("LAKE_ROOT", "data/lake"),
     duckdb_database=_env("DUCKDB_DATABASE", "data/warehouse.duckdb"),
     retention_hours=_env("LAKE_RETENTION_HOURS", "168"),
+    projects=_PROJECTS if len(_PROJECTS) > 1 or os.environ.get("POSTHOG_PROJECTS_FILE") else None,
 )

@@ -8,7 +8,7 @@ wrong fails at its first PostHog step with one short message that names every pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -16,6 +16,7 @@ from dagster._core.events import DagsterEvent
 from dagster._core.execution.plan.objects import StepFailureData, UserFailureData
 from dagster._utils.error import SerializableErrorInfo
 
+from assets.project import SINGLE, Project
 from resources.lake import LakeError, LakeResource
 from resources.lake.location import Location
 from resources.posthog import PostHogResource
@@ -33,10 +34,15 @@ def _resolved(value: Any) -> Any:
 
 
 def posthog_config_problems(
-    resource: PostHogResource, overrides: Mapping[str, Any] | None = None
+    resource: PostHogResource, overrides: Mapping[str, Any] | None = None,
+    projects: Sequence[Project] = (SINGLE,),
 ) -> list[str]:
     """Every problem with the PostHog resource's configuration as a run would resolve it
-    (EnvVars read now, run config `resources.posthog.config` on top); [] when it is good."""
+    (EnvVars read now, run config `resources.posthog.config` on top); [] when it is good.
+
+    With several projects, only what every project has wrong (a rate setting, the budget URL)
+    stops the run here: one project's missing key fails that project's steps alone, and the
+    other projects sync."""
     fields = {
         name: _resolved(resource.__dict__[name])
         for name in type(resource).model_fields
@@ -47,7 +53,10 @@ def posthog_config_problems(
         resolved = PostHogResource(**fields)
     except (ValueError, TypeError) as exc:  # a value of the wrong type: pydantic names it
         return [f"PostHog resource configuration: {exc}"]
-    problems = resolved.config_problems()
+    if any(p.several for p in projects):
+        each = [resolved.config_problems(p.config) for p in projects]
+        return [problem for problem in each[0] if all(problem in other for other in each[1:])]
+    problems = resolved.config_problems(projects[0].config)
     raw_host = resource.__dict__.get("host", _DEFAULT_HOST)
     if problems and not isinstance(raw_host, dg.EnvVar) and raw_host == _DEFAULT_HOST:
         problems.append(
@@ -124,7 +133,8 @@ class _PreflightExecutor(dg.Executor):
 
 
 def posthog_executor(
-    posthog: PostHogResource | None, lake: LakeResource | None = None
+    posthog: PostHogResource | None, lake: LakeResource | None = None,
+    projects: Sequence[Project] = (SINGLE,),
 ) -> dg.ExecutorDefinition:
     """In-process (default) or multiprocess steps, behind a preflight of the resources'
     settings."""
@@ -139,7 +149,8 @@ def posthog_executor(
         if lake is not None and LAKE_RESOURCE_KEY in used:
             problems += lake_config_problems(lake, overrides(LAKE_RESOURCE_KEY))
         if posthog is not None and POSTHOG_RESOURCE_KEY in used:
-            problems = posthog_config_problems(posthog, overrides(POSTHOG_RESOURCE_KEY)) + problems
+            problems = posthog_config_problems(
+                posthog, overrides(POSTHOG_RESOURCE_KEY), projects) + problems
         return problems
 
     def create(init_context) -> dg.Executor:

@@ -3,43 +3,27 @@ own code location (pipelines/definitions.py) or to merge into an existing Dagste
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
-from assets.checks import (
-    posthog_export_contents_sha256,
-    posthog_exports_expiring_unarchived,
-    posthog_groups_unique_key,
-)
-from assets.exports import posthog_export_contents, posthog_exports, posthog_requested_exports
-from assets.groups import (
-    posthog_group_property_definitions,
-    posthog_group_property_values,
-    posthog_group_types,
-    posthog_groups,
-)
-from assets.members import posthog_explicit_members
+from assets.checks import project_checks
+from assets.exports import export_assets
+from assets.groups import group_assets
+from assets.members import member_assets
+from assets.project import Project, projects_of
 from pipelines.executor import posthog_executor
-from pipelines.jobs import ALL_JOBS
-from pipelines.schedules import ALL_SCHEDULES
-from pipelines.sensors import ALL_SENSORS
+from pipelines.jobs import posthog_jobs
+from pipelines.schedules import posthog_schedules
+from pipelines.sensors import posthog_sensors
 from resources.lake import LakeResource, default_state_dir
 from resources.posthog import PostHogResource
+from resources.projects import ProjectConfig
 
-ASSETS = [
-    posthog_group_types,
-    posthog_groups,
-    posthog_group_property_definitions,
-    posthog_group_property_values,
-    posthog_requested_exports,
-    posthog_exports,
-    posthog_export_contents,
-    posthog_explicit_members,
-]
-ASSET_CHECKS = [
-    posthog_groups_unique_key,
-    posthog_export_contents_sha256,
-    posthog_exports_expiring_unarchived,
-]
+
+def project_assets(project: Project) -> list[dg.AssetsDefinition]:
+    """Every asset of one project."""
+    return [*group_assets(project), *export_assets(project), *member_assets(project)]
 
 Setting = str | dg.EnvVar
 
@@ -59,10 +43,15 @@ def posthog_definitions(
     groups_source: Setting = "auto",
     budget_url: Setting = "",
     retention_hours: Setting = "168",
+    projects: Sequence[ProjectConfig] | None = None,
     include_executor: bool = True,
 ) -> dg.Definitions:
     """Every PostHog asset, check, job, schedule and sensor with the `posthog` and `lake`
     resources, configured by the arguments (pass secrets as `dg.EnvVar`, never literals).
+
+    `projects` (resources/projects.py) syncs several projects, each under its own key prefix
+    and group (assets/project.py); `host`, `project_id` and `api_key` are then unused. Unset:
+    the one project of `host`, `project_id` and `api_key`.
 
     `state_dir` (locks, staging, the rate budget) defaults to `state/` beside the DuckDB file.
     `include_executor=False` leaves the executor to the project this is merged into (Definitions
@@ -92,12 +81,13 @@ def posthog_definitions(
         state_dir=state_dir,
         retention_hours=retention_hours,
     )
+    graph = projects_of(projects)
     return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=ASSET_CHECKS,
-        jobs=ALL_JOBS,
-        executor=posthog_executor(posthog, lake) if include_executor else None,
-        schedules=ALL_SCHEDULES,
-        sensors=ALL_SENSORS,
+        assets=[asset for project in graph for asset in project_assets(project)],
+        asset_checks=[check for project in graph for check in project_checks(project)],
+        jobs=posthog_jobs(graph),
+        executor=posthog_executor(posthog, lake, graph) if include_executor else None,
+        schedules=posthog_schedules(graph),
+        sensors=posthog_sensors(graph),
         resources={"posthog": posthog, "lake": lake},
     )

@@ -409,6 +409,19 @@ class PostHogClient:
 
     # ---- helpers ------------------------------------------------------------------------
 
+    def project_number(self) -> int:
+        """The project's numeric id, which every row it lands carries as `project_id`:
+        '@current' is resolved (one request, once)."""
+        project = self._project()
+        if project == "@current":
+            raise PostHogConfigError(
+                "POSTHOG_PROJECT_ID=@current: the key cannot read which project that is (it "
+                "lacks project:read), and every table's project_id needs the number. Set "
+                "POSTHOG_PROJECT_ID to the numeric id (PostHog > Settings > Project > Project "
+                "ID), or give the key project:read."
+            )
+        return int(project)
+
     def _project(self) -> str:
         """The project id used in paths: the configured one, '@current' resolved once."""
         if self._settings.project_id != "@current":

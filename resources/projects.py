@@ -11,7 +11,9 @@
           host: https://eu.posthog.com
           key_env: POSTHOG_KEY_EU              # the NAME of the variable holding its key
 
-The file never holds a key, only the name of the variable that does. Projects sharing a key
+The file never holds a key, only the name of the variable that does. Project ids are unique
+within one deployment (tables tell projects apart by `project_id`): two hosts' projects that
+happen to share an id need two deployments. Projects sharing a key
 (and host) share one rate budget, since the budget's bucket is sha256(host, key); different keys
 have separate budgets and never wait on each other's.
 """
@@ -69,12 +71,17 @@ def projects_from_env(environ: Mapping[str, str]) -> list[ProjectConfig]:
                 f"POSTHOG_PROJECT_ID={raw!r}: several projects are numeric ids separated by "
                 "commas, e.g. 123,456")
         projects = [ProjectConfig(default_host, i) for i in ids]
-    seen: set[tuple[str, str]] = set()
+    seen: dict[str, ProjectConfig] = {}
     for project in projects:
-        ident = (project.host.rstrip("/").lower(), project.project_id)
-        if project.project_id and ident in seen:
-            raise PostHogConfigError(f"project {project.label} is configured twice")
-        seen.add(ident)
+        other = seen.get(project.project_id)
+        if project.project_id and other is not None:
+            raise PostHogConfigError(
+                f"project {project.label} is configured twice" if other.label == project.label
+                else f"projects {other.label} and {project.label} share the id "
+                f"{project.project_id}: every table tells projects apart by project_id (and "
+                "each project's assets by project_<id>), so one deployment syncs one of them; "
+                "give the other its own deployment (LAKE_ROOT and DUCKDB_DATABASE)")
+        seen[project.project_id] = project
     return projects
 
 

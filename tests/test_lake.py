@@ -346,23 +346,29 @@ def test_lake_refuses_an_old_format_lake_and_migrate_lake_moves_it(tmp_path):
     with pytest.raises(LakeError, match="old snapshot format.*posthog-pipeline migrate-lake"):
         resource.get_lake()
     cli = [sys.executable, "-m", "pipelines.cli"]
-    done = subprocess.run([*cli, "migrate-lake"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env.pop("POSTHOG_PROJECT_ID", None)
+    unnamed = subprocess.run([*cli, "migrate-lake"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert unnamed.returncode == 1 and "--project-id" in unnamed.stderr
+    done = subprocess.run([*cli, "migrate-lake", "--project-id", "7"], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "groups: 1 rows" in done.stdout and "export_rows: 2 rows" in done.stdout
     lake = resource.get_lake()
-    assert query(lake, "SELECT group_key, group_properties->>'plan', valid_from, valid_to "
-                 "FROM posthog.groups_history ORDER BY group_key, valid_from") == [
-        ("a", "free", T0, T0 + timedelta(days=1)), ("a", "paid", T0 + timedelta(days=1), None),
-        ("b", None, T0, T0 + timedelta(days=1))]
-    assert query(lake, "SELECT group_key, synced_at FROM posthog.groups") == [
-        ("a", T0 + timedelta(days=1))]
-    assert query(lake, "SELECT count(*) FROM posthog.export_rows") == [(2,)]
+    assert query(lake, "SELECT project_id, group_key, group_properties->>'plan', valid_from, "
+                 "valid_to FROM posthog.groups_history ORDER BY group_key, valid_from") == [
+        (7, "a", "free", T0, T0 + timedelta(days=1)),
+        (7, "a", "paid", T0 + timedelta(days=1), None),
+        (7, "b", None, T0, T0 + timedelta(days=1))]
+    assert query(lake, "SELECT project_id, group_key, synced_at FROM posthog.groups") == [
+        (7, "a", T0 + timedelta(days=1))]
+    assert query(lake, "SELECT project_id, count(*) FROM posthog.export_rows GROUP BY 1") == [
+        (7, 2)]
     assert (tmp_path / "lake" / "posthog" / "export_files" / "sha256" / "ab" / "file").exists()
     assert list((tmp_path / "lake").glob("posthog.old-format-*/_current/groups.json"))
-    again = subprocess.run([*cli, "migrate-lake"], env=env, capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 1 and "nothing to migrate" in again.stderr
+    again = subprocess.run([*cli, "migrate-lake", "--project-id", "7"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout, again.stderr
 
 
 def test_lake_lock_is_exclusive_across_processes(tmp_path):

@@ -33,12 +33,15 @@ def test_projects_file_names_the_key_variable_never_the_key(tmp_path: Path) -> N
     file = tmp_path / "projects.yaml"
     file.write_text("projects:\n"
                     "  - id: 123\n"
-                    "  - id: 123\n    host: https://eu.posthog.com\n    key_env: POSTHOG_KEY_EU\n")
+                    "  - id: 456\n    host: https://eu.posthog.com\n    key_env: POSTHOG_KEY_EU\n")
     env = {"POSTHOG_PROJECTS_FILE": str(file)}
     assert projects_from_env(env) == [
         ProjectConfig("https://us.posthog.com", "123", "POSTHOG_PERSONAL_API_KEY"),
-        ProjectConfig("https://eu.posthog.com", "123", "POSTHOG_KEY_EU")]
+        ProjectConfig("https://eu.posthog.com", "456", "POSTHOG_KEY_EU")]
     for text, message in [
+        # tables tell projects apart by project_id: two hosts' projects 123 cannot share them
+        ("projects:\n  - id: 123\n  - id: 123\n    host: https://eu.posthog.com\n",
+         "share the id 123.*its own deployment"),
         ("projects: []\n", "non-empty list"),
         ("projects:\n  - id: x\n", "numeric id"),
         ("projects:\n  - id: 1\n    key_env: phx_abc def\n", "name an environment variable"),

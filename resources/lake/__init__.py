@@ -10,6 +10,7 @@ views over them, and content-addressed archived files. One idea per module:
 - ``filestore``: archived export files, content-addressed
 - ``location``: local path or S3, the filesystems and DuckDB's access to them
 - ``lake``: the Lake that assets use; ``resource``: its Dagster resource
+- ``scoped``: one source's (one PostHog project's) view of the lake's shared tables
 - ``migrate``: the one-off move from the old snapshot format
 """
 
@@ -18,11 +19,13 @@ from resources.lake.lake import Lake, PublishedTable
 from resources.lake.location import Location
 from resources.lake.maintenance import Maintenance
 from resources.lake.resource import LakeResource, default_state_dir
+from resources.lake.scoped import ScopedLake
 from resources.lake.spec import SYNCED_AT, SYNCED_AT_TYPE, VALID_FROM, VALID_TO, TableSpec
 from resources.lake.staging import StagedTable, count_distinct_keys, release_memory
 
 __all__ = [
     "SYNCED_AT", "SYNCED_AT_TYPE", "VALID_FROM", "VALID_TO", "Lake", "LakeBusyError",
-    "LakeError", "LakeResource", "Location", "Maintenance", "PublishedTable", "StagedTable",
+    "LakeError", "LakeResource", "Location", "Maintenance", "PublishedTable", "ScopedLake",
+    "StagedTable",
     "TableSpec", "count_distinct_keys", "default_state_dir", "release_memory",
 ]

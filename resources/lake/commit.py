@@ -274,7 +274,8 @@ def require_scope_column(location: Location, spec: TableSpec, existing: DeltaTab
             and spec.scope not in existing.schema().to_arrow().names:
         raise LakeError(
             f"{spec.name}: the table at {uri} has no {spec.scope} column (written before "
-            f"tables were scoped); migrate it first (Lake.add_scope with its one project id)")
+            f"tables were scoped); migrate it first: `posthog-pipeline migrate-lake "
+            f"--project-id <id>` (the project it was synced from)")
 
 
 def add_scope_column(location: Location, schema: str, spec: TableSpec, value: int | str, *,

@@ -38,7 +38,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from resources.lake import commit as commits
-from resources.lake.errors import LakeBusyError, LakeError, identifier
+from resources.lake.errors import LakeBusyError, LakeError, identifier, quote
 from resources.lake.filestore import FileStore
 from resources.lake.history import commit_history
 from resources.lake.location import Location
@@ -47,6 +47,7 @@ from resources.lake.spec import TableSpec
 from resources.lake.staging import (
     BATCH_ROWS,
     StagedTable,
+    parquet_list,
     read_files,
     remove_dead_leftovers,
 )
@@ -196,11 +197,14 @@ class Lake:
     def _guard_volume(self, staged: StagedTable, max_drop: float) -> None:
         if staged.spec.mode != "snapshot" or max_drop >= 1.0:
             return
-        current = _row_count(self.table(staged.spec.name))
+        scoped = staged.scope_value is not None
+        current = (self.rows_in_scope(staged.spec, staged.scope_value) if scoped  # type: ignore[arg-type]
+                   else _row_count(self.table(staged.spec.name)))
         new = staged.rows_written
+        where = f" for {staged.spec.scope} {staged.scope_value}" if scoped else ""
         if current and new < current * (1.0 - max_drop):
             raise LakeError(
-                f"{staged.spec.name}: this sync has {new:,} rows where the table holds "
+                f"{staged.spec.name}: this sync has {new:,} rows{where} where the table holds "
                 f"{current:,}, a drop of {1 - new / current:.0%}, more than the {max_drop:.0%} "
                 "a sync may drop (max_row_drop). Nothing was committed; readers keep the "
                 "current version. If PostHog really holds that much less now, materialize "
@@ -250,9 +254,13 @@ class Lake:
     def has_table(self, name: str) -> bool:
         return self.table(name) is not None
 
-    def read_current(self, table: str | TableSpec, columns: list[str] | None = None) -> pa.Table:
-        """The table's current version as one Arrow table; for small state tables only."""
+    def read_current(self, table: str | TableSpec, columns: list[str] | None = None, *,
+                     scope: int | str | None = None) -> pa.Table:
+        """The table's current version as one Arrow table (only the rows of ``scope`` when
+        given, for a table with a scope column); for small state tables only."""
         spec = table if isinstance(table, TableSpec) else self._specs.get(table)
+        if scope is not None and (spec is None or spec.scope is None):
+            raise LakeError(f"{spec.name if spec else table} has no scope column to read by")
         name = table.name if isinstance(table, TableSpec) else table
         schema = spec.full_schema if spec is not None else None
         delta = self.table(name)
@@ -266,17 +274,36 @@ class Lake:
             return wanted.empty_table()
         con = self.location.register(duckdb.connect())
         try:
-            return read_files(con, files, wanted)
+            return read_files(con, files, wanted,
+                              None if scope is None else (spec.scope, scope))  # type: ignore[union-attr]
         finally:
             con.close()
 
-    def last_commit(self, name: str) -> dict[str, Any] | None:
-        """The latest commit a sync made to ``name`` (maintenance commits skipped): version,
-        synced_at, asset, run_id, rows_written; None if the table has none."""
+    def rows_in_scope(self, spec: TableSpec, scope: int | str) -> int:
+        """How many rows of ``spec``'s current version hold ``scope`` in its scope column."""
+        delta = self.table(spec.name)
+        files = self.location.data_files(delta) if delta is not None else []
+        if not files or spec.scope is None:
+            return 0
+        con = self.location.register(duckdb.connect())
+        try:
+            source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            if spec.scope not in present:
+                return 0
+            return con.execute(f"SELECT count(*) FROM {source} WHERE {quote(spec.scope)} = ?",
+                               [scope]).fetchone()[0]
+        finally:
+            con.close()
+
+    def last_commit(self, name: str, *, asset: str | None = None) -> dict[str, Any] | None:
+        """The latest commit a sync made to ``name`` (maintenance commits skipped), of ``asset``
+        when given (among the table's last 50 commits): version, synced_at, asset, run_id,
+        rows_written; None if there is none."""
         table = self.table(name)
         if table is None:
             return None
-        return next((c for c in _sync_commits(table)), None)
+        return next((c for c in _sync_commits(table) if asset in (None, c["asset"])), None)
 
     def current_snapshot(self, name: str) -> dict[str, Any] | None:
         """The table's current version: ``snapshot_id`` (the version), ``rows``, and the
@@ -305,7 +332,8 @@ class Lake:
         return status
 
     def last_sync_by_asset(self) -> list[dict[str, Any]]:
-        """The latest sync commit per asset, from the Delta logs: asset, synced_at, run_id."""
+        """The latest sync commit per asset, from the Delta logs: asset, synced_at, run_id
+        (each project's assets are their own, so every table's recent commits are read)."""
         latest: dict[str, dict] = {}
         for name in self.tables():
             table = self.table(name)
@@ -313,7 +341,6 @@ class Lake:
                 asset = c.get("asset")
                 if asset and (asset not in latest or c["synced_at"] > latest[asset]["synced_at"]):
                     latest[asset] = c
-                break  # the newest is enough per table
         keys = ("asset", "synced_at", "run_id")
         return [{k: row.get(k) for k in keys} for _, row in sorted(latest.items())]
 

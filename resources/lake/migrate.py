@@ -27,8 +27,12 @@ from resources.lake.spec import SYNCED_AT, TableSpec
 from resources.lake.staging import StagedTable, read_files
 
 
-def migrate(lake: Lake, specs: Sequence[TableSpec]) -> dict[str, int]:
-    """Rewrite an old-format local lake as Delta tables; rows per table written."""
+def migrate(lake: Lake, specs: Sequence[TableSpec], scope: int | str | None = None
+            ) -> dict[str, int]:
+    """Rewrite an old-format local lake as Delta tables; rows per table written. A table with
+    a scope column gets ``scope`` in it for every row (the one source the old lake had)."""
+    if scope is None and any(s.scope is not None for s in specs):
+        raise LakeError("the tables have a scope column: say which value the old rows get")
     if not lake.location.is_local:
         raise LakeError("only a local lake can be in the old format; nothing to migrate")
     root = Path(lake.location.uri)
@@ -56,12 +60,12 @@ def migrate(lake: Lake, specs: Sequence[TableSpec]) -> dict[str, int]:
             for entry in history:
                 staged = _staged(lake, spec, [_moved(root, backup, lake.schema, f)
                                               for f in entry["files"]],
-                                 datetime.fromisoformat(entry["synced_at"]))
+                                 datetime.fromisoformat(entry["synced_at"]), scope)
                 commit_history(lake.location, lake.schema, staged, lake.tmp_dir("staging"),
                                asset="migrate-lake", run_id=None)
                 staged.discard()
         written[spec.name] = _write_table(lake, spec, files,
-                                          datetime.fromisoformat(pointer["synced_at"]))
+                                          datetime.fromisoformat(pointer["synced_at"]), scope)
     lake.refresh_views()
     return written
 
@@ -84,16 +88,22 @@ def _read(spec: TableSpec, files: Sequence[Path]) -> pa.Table:
         con.close()
 
 
-def _staged(lake: Lake, spec: TableSpec, files: Sequence[Path], synced_at: datetime
-            ) -> StagedTable:
-    staged = StagedTable(spec, lake.tmp_dir("staging"), synced_at)
+def _staged(lake: Lake, spec: TableSpec, files: Sequence[Path], synced_at: datetime,
+            scope: int | str | None) -> StagedTable:
+    staged = StagedTable(spec, lake.tmp_dir("staging"), synced_at,
+                         scope_value=scope if spec.scope is not None else None)
     staged.write_batch(_read(spec, files).drop_columns([SYNCED_AT]))
     staged.close()
     return staged
 
 
-def _write_table(lake: Lake, spec: TableSpec, files: Sequence[Path], synced_at: datetime) -> int:
+def _write_table(lake: Lake, spec: TableSpec, files: Sequence[Path], synced_at: datetime,
+                 scope: int | str | None) -> int:
     table = _read(spec, files)
+    if spec.scope is not None:
+        column = table.schema.get_field_index(spec.scope)
+        table = table.set_column(column, table.schema.field(column), pa.array(
+            [scope] * table.num_rows, table.schema.field(column).type))
     write_deltalake(
         lake.table_uri(spec.name), table, mode="overwrite", schema_mode="overwrite",
         description=spec.description or None,

@@ -77,14 +77,21 @@ def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
 
 
 def read_files(con: duckdb.DuckDBPyConnection, files: Iterable[str | Path],
-               schema: pa.Schema) -> pa.Table:
+               schema: pa.Schema, where: tuple[str, int | str] | None = None) -> pa.Table:
     """Parquet files (of any older schema) as one table of ``schema``: a column a file lacks is
-    null, every column cast to its type. ``con`` must be able to read the files' paths."""
+    null, every column cast to its type; ``where`` = (column, value) keeps the rows holding
+    that value. ``con`` must be able to read the files' paths."""
     source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
     present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
     select = ", ".join(quote(f.name) if f.name in present else f"NULL AS {quote(f.name)}"
                        for f in schema)
-    result = con.sql(f"SELECT {select} FROM {source}").to_arrow_table()
+    if where is None:
+        result = con.sql(f"SELECT {select} FROM {source}").to_arrow_table()
+    elif where[0] not in present:
+        result = con.sql(f"SELECT {select} FROM {source} LIMIT 0").to_arrow_table()
+    else:
+        result = con.sql(f"SELECT {select} FROM {source} WHERE {quote(where[0])} = $value",
+                         params={"value": where[1]}).to_arrow_table()
     return pa.table([result.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
 
 
