@@ -413,7 +413,9 @@ def test_count_distinct_keys_is_exact_in_any_number_of_passes(monkeypatch, per_p
     con.execute("CREATE TABLE t AS SELECT i % 37 AS a, (i % 5)::VARCHAR AS b "
                 "FROM range(100) r(i)")
     con.execute("CREATE TABLE u AS SELECT i AS a, 'x' AS b FROM range(50) r(i)")
-    first_row = lambda sql: con.execute(sql).fetchall()[0]  # noqa: E731
+    def first_row(sql):
+        return con.execute(sql).fetchall()[0]
+
     # 100 rows; (i % 37, i % 5) repeats every 185 rows, so all 100 are distinct keys
     assert staging.count_distinct_keys(first_row, "t", "a, b") == (100, 100)
     assert staging.count_distinct_keys(first_row, "t", "a") == (100, 37)
