@@ -408,3 +408,22 @@ def test_lake_snapshot_that_drops_too_many_rows_fails_before_any_commit(tmp_path
     assert query(lake, "SELECT count(*) FROM posthog.groups_history") == [(10,)]
     published = publish_rows(lake, GROUPS, [group("0")], max_drop=1.0)
     assert published.rows == 1
+
+
+@pytest.mark.parametrize("per_pass", [1_000_000, 7, 1])
+def test_count_distinct_keys_is_exact_in_any_number_of_passes(monkeypatch, per_pass):
+    from resources.lake import staging
+
+    monkeypatch.setattr(staging, "_KEYS_PER_PASS", per_pass)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT i % 37 AS a, (i % 5)::VARCHAR AS b "
+                "FROM range(100) r(i)")
+    con.execute("CREATE TABLE u AS SELECT i AS a, 'x' AS b FROM range(50) r(i)")
+    def first_row(sql):
+        return con.execute(sql).fetchall()[0]
+
+    # 100 rows; (i % 37, i % 5) repeats every 185 rows, so all 100 are distinct keys
+    assert staging.count_distinct_keys(first_row, "t", "a, b") == (100, 100)
+    assert staging.count_distinct_keys(first_row, "t", "a") == (100, 37)
+    assert staging.count_distinct_keys(first_row, "u", "b") == (50, 1)
+    assert staging.count_distinct_keys(first_row, "(SELECT * FROM u WHERE false)", "a") == (0, 0)
