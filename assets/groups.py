@@ -188,7 +188,11 @@ def sync_groups(context: dg.AssetExecutionContext, config: GroupsConfig,
     with asset_sync(context, config, posthog, lake, project) as (store, client):
         types = _group_types(context, store, client, project)
         queries = QueryGroups(client)
-        plans, missing_scope = _plan(context, queries, types, source, config)
+        # the last snapshot's size per type: a guess at this one's, for the time left, and
+        # what lets `auto` skip the count query for types far too small for the query API
+        previous = Counter(
+            store.read_current(GROUPS, columns=["group_type_index"]).column(0).to_pylist())
+        plans, missing_scope = _plan(context, queries, types, source, config, previous)
         rest_types = [i for i in types if plans[i].source == "rest"]
         query_types = [i for i in types if plans[i].source == "query"]
         sources = {
@@ -199,8 +203,7 @@ def sync_groups(context: dg.AssetExecutionContext, config: GroupsConfig,
             )
             for index in rest_types
         }
-        # the last snapshot's size makes a good guess at this one's, for the time left
-        previous_rows = store.read_current(GROUPS, columns=["group_type_index"]).num_rows
+        previous_rows = sum(previous.values())
         with store.writer(GROUPS, synced_at=synced_at) as writer, \
                 Progress(context.log, "groups", stats=client.stats, unit="groups",
                          expected_total=previous_rows or None,
@@ -267,10 +270,22 @@ def sync_groups(context: dg.AssetExecutionContext, config: GroupsConfig,
 
 
 def _plan(context: dg.AssetExecutionContext, queries: QueryGroups, types: dict[int, str | None],
-          source: str, config: GroupsConfig) -> tuple[dict[int, TypePlan], bool]:
+          source: str, config: GroupsConfig, previous: Counter[int]
+          ) -> tuple[dict[int, TypePlan], bool]:
     """Which path each group type takes; and whether `auto` fell back for a missing scope."""
     if source != "auto" or not types:
         return {i: TypePlan(i, source, None, None, None) for i in types}, False
+    # The query bucket is small (120 an hour, shared with the team's other queries), so the
+    # count query is not spent when the last snapshot held every type, each so small that
+    # even twice its size would stay on REST (a type it did not hold may be new and large).
+    if all(previous[i] and plan_source(i, 2 * previous[i], limit=config.query_page_rows,
+                                       min_saved=config.auto_min_saved_requests).source == "rest"
+           for i in types):
+        context.log.info(
+            "groups: every type held few groups at the last sync (%s): REST, no count query "
+            "spent from the query API's bucket",
+            ", ".join(f"{i}:{types[i]} {previous[i]:,}" for i in types))
+        return {i: TypePlan(i, "rest", None, None, None) for i in types}, False
     try:
         counts = queries.count_groups()
     except PostHogAPIError as e:

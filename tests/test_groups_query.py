@@ -264,6 +264,25 @@ def test_groups_auto_takes_query_for_large_types_and_says_so(tmp_path):
                    "request" in m for m in logs)
 
 
+def test_groups_auto_spends_no_count_query_on_types_the_last_snapshot_shows_small(tmp_path):
+    """The query bucket is 120 an hour, shared with the team: a project whose types were all
+    far too small for the query API at the last sync lists them by REST without asking; a type
+    that grew past it is counted (and queried) again."""
+    with start_sim(tmp_path, groups_per_type=(300, 40), n_exports=0) as env:
+        def sync_queries() -> int:
+            env.sim.clear_log()
+            assert env.sync(select=["posthog_group_types", "posthog_groups"]).success
+            return sum(1 for r in env.sim.request_log if r.path.endswith("/query/"))
+
+        assert sync_queries() == 1  # no snapshot yet: the count query decides
+        assert sync_queries() == 0  # 300 and 40 groups, doubled, still REST
+        for n in range(2_000):
+            env.sim.dataset.insert_group(0, f"grown-{n}", {})
+        assert sync_queries() == 0  # the snapshot said small: REST, the type's new size seen
+        assert sync_queries() == 2  # 2,300 groups at the last sync: counted, then queried
+        assert env.query("SELECT count(*) FROM posthog.groups") == [(2_340,)]
+
+
 @pytest.mark.parametrize("fault", ["truncate", "reset_during", "bad_json", "empty_200",
                                    "bad_length", "429", "503"])
 def test_query_groups_pages_survive_each_fault_class(sim_factory, fault):
