@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from resources.lake import faults
 from resources.lake.errors import LakeError
@@ -108,7 +109,14 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
     require_scope_column(location, spec, existing, uri)
     scoped = scope_predicate(spec, staged.scope_value)
     if spec.mode == "snapshot" and existing is not None and scoped:
-        # this scope's rows are replaced; every other scope's stay as they were
+        # this scope's rows are replaced; every other scope's stay as they were. When each file
+        # holding this scope holds nothing else (always, but after a compaction merged several
+        # scopes' files), the commit removes those files and adds the staged ones as they are;
+        # otherwise delta-rs rewrites what the other scopes keep (a predicate overwrite).
+        own = _files_only_of(existing, spec.scope, staged.scope_value)  # type: ignore[arg-type]
+        if own is not None:
+            return add_files(location, uri, staged.files, spec, props, mode="append",
+                             existing=existing, remove=own)
         write_deltalake(
             existing, staged.batches(), mode="overwrite", schema_mode="merge", predicate=scoped,
             storage_options=location.storage_options, commit_properties=props,
@@ -116,13 +124,10 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
         return _version(location, uri)
     if existing is None and scoped:
         # Append, not overwrite: another source's sync may create the table meanwhile, and an
-        # overwrite would then replace its rows; appending our scope's rows is right either way.
-        write_deltalake(
-            uri, staged.batches(), mode="append", description=spec.description or None,
-            storage_options=location.storage_options, configuration=configuration,
-            commit_properties=props,
-        )
-        return _version(location, uri)
+        # overwrite would then replace its rows; appending our scope's rows is right either way
+        # (a creation that lost the race fails and is redone, see lake._on_conflict_retry).
+        return add_files(location, uri, staged.files, spec, props, mode="append",
+                         existing=None, configuration=configuration)
     if spec.mode == "snapshot" or existing is None:
         # an unscoped snapshot replaces the table; a keyed table's first commit creates it
         return add_files(location, uri, staged.files, spec, props, mode="overwrite",
@@ -159,12 +164,14 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
 
 def add_files(location: Location, uri: str, files: list[Path], spec: TableSpec,
               props: CommitProperties, *, mode: str, existing: DeltaTable | None,
-              configuration: dict[str, str] | None = None) -> int:
+              configuration: dict[str, str] | None = None,
+              remove: list[RemoveAction] | None = None) -> int:
     """Put local Parquet files into the table and commit them in one log entry (``overwrite``
-    also removes every current file from the new version)."""
+    also removes every current file from the new version; ``remove``, with ``append``, the
+    files named). Creating the table, ``append`` fails if another commit created it first."""
     moved: list[tuple[Path, str]] = []
     try:
-        actions = []
+        actions: list[AddAction | RemoveAction] = []
         for path in files:
             action, target = _put(location, uri, path, spec)
             actions.append(action)
@@ -172,12 +179,13 @@ def add_files(location: Location, uri: str, files: list[Path], spec: TableSpec,
         schema = DeltaSchema.from_arrow(spec.full_schema)
         if existing is None:
             create_table_with_add_actions(
-                uri, schema, actions, mode="overwrite", description=spec.description or None,
+                uri, schema, actions, mode="error" if mode == "append" else "overwrite",
+                description=spec.description or None,
                 configuration=configuration, storage_options=location.storage_options,
                 commit_properties=props)
         else:
-            existing.create_write_transaction(actions, mode=mode, schema=schema,
-                                              commit_properties=props)
+            existing.create_write_transaction([*actions, *(remove or [])], mode=mode,
+                                              schema=schema, commit_properties=props)
     except BaseException:
         # the commit did not happen: the staged files go back where they were, so that a
         # retry (a concurrent commit won, see lake._on_conflict_retry) commits them again
@@ -245,6 +253,31 @@ def _stats(metadata: pq.FileMetaData, spec: TableSpec) -> str:
     if mins:
         stats.update(minValues=mins, maxValues=maxs, nullCount=nulls)
     return json.dumps(stats)
+
+
+def _files_only_of(table: DeltaTable, column: str, value: int | str
+                   ) -> list[RemoveAction] | None:
+    """Remove actions for the files that may hold ``value`` in ``column``, when each of them
+    holds nothing else (by its statistics); None when one may hold other values too."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    lo_name, hi_name, nulls_name = f"min.{column}", f"max.{column}", f"null_count.{column}"
+    if actions.num_rows and not {lo_name, hi_name, nulls_name} <= set(actions.column_names):
+        return None
+    removes = []
+    now = int(time.time() * 1000)
+    for row in actions.to_pylist():
+        lo, hi, nulls = row[lo_name], row[hi_name], row[nulls_name]
+        if lo is None or hi is None:
+            if row["num_records"] and nulls != row["num_records"]:
+                return None  # no statistics: it may hold anything
+            continue  # only nulls (or empty): none of this scope's rows
+        if not lo <= value <= hi:
+            continue
+        if lo != hi or nulls:
+            return None
+        removes.append(RemoveAction(path=row["path"], data_change=True, deletion_timestamp=now,
+                                    size=row["size_bytes"], partition_values={}))
+    return removes
 
 
 def _may_hold(table: DeltaTable, column: str, values: list) -> bool:
