@@ -192,3 +192,26 @@ def test_scope_two_projects_committing_at_once_both_land_exactly(
     assert lake.query("SELECT project_id, count(*), count(*) FILTER (valid_to IS NULL) "
                        "FROM posthog.groups_history GROUP BY 1 ORDER BY 1") == [
         (1, 250, 50), (2, 250, 50)]
+
+
+def test_scope_snapshot_swaps_its_own_files_and_rewrites_only_mixed_ones(tmp_path: Path) -> None:
+    """A project's snapshot commit removes the files holding only its rows and adds its staged
+    files untouched (the other project's files stay the same files); once a compaction has
+    merged both projects' rows into one file, the commit rewrites what the other keeps."""
+    lake = make_lake(tmp_path)
+    publish(lake, SGROUPS, 1, [group("a"), group("b")])
+    publish(lake, SGROUPS, 2, [group("x")])
+
+    def files() -> set[str]:
+        return set(lake.table("groups").file_uris())
+
+    of_2 = files()
+    publish(lake, SGROUPS, 1, [group("c")], T0 + timedelta(hours=1))
+    kept = of_2 & files()
+    assert len(kept) == 1  # project 2's file, the same file
+    lake.table("groups").optimize.compact()
+    (mixed,) = files()
+    publish(lake, SGROUPS, 1, [group("d")], T0 + timedelta(hours=2))
+    assert mixed not in files()
+    assert query(lake, "SELECT project_id, group_key FROM posthog.groups ORDER BY 1, 2") == [
+        (1, "d"), (2, "x")]
