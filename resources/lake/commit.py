@@ -5,10 +5,11 @@ so no reader sees them; vacuum removes them if the commit never comes), then one
 them. A snapshot, and rows for keys no current file holds, are committed by adding the staged
 files as they are (encoded once, by pyarrow); a merge, and a replacement of rows some current
 file holds, go through delta-rs's own merge and predicate overwrite. A scoped table
-(``TableSpec.scope``) is shared by several sources: its snapshot replaces only its scope's rows (a
-delta-rs overwrite with the predicate ``scope = value``), its first commit appends (another
-source may create the table at the same moment), merges and ``replace_keys`` match within the
-scope.
+(``TableSpec.scope``) is shared by several sources: its snapshot replaces only its scope's rows
+(the files holding only its rows are removed and the staged files added, in one commit; where a
+compaction merged scopes into one file, a delta-rs overwrite with the predicate
+``scope = value``), its first commit appends (another source may create the table at the same
+moment), merges and ``replace_keys`` match within the scope.
 
 Several tables are committed one after another in the order the caller gives, so the caller
 orders them to be safe at every boundary (e.g. an export's rows before the record that says it
