@@ -86,8 +86,8 @@ EXPORTS_FIRST = {"dagster/priority": "1"}
 
 def export_assets(project: Project = SINGLE) -> list[dg.AssetsDefinition]:
     """The export assets of one project (see assets/project.py)."""
-    where = dict(key_prefix=project.prefix, group_name=project.group_name, pool=POSTHOG_POOL,
-                 op_tags=EXPORTS_FIRST)
+    where = {"key_prefix": project.prefix, "group_name": project.group_name,
+             "pool": POSTHOG_POOL, "op_tags": EXPORTS_FIRST}
 
     @dg.asset(name="posthog_requested_exports", kinds={"posthog"}, **where,
               metadata={"dagster/column_schema": REQUESTED_EXPORTS_SCHEMA, **project.metadata})

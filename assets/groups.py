@@ -112,8 +112,9 @@ def group_assets(project: Project = SINGLE) -> list[dg.AssetsDefinition]:
     """The group assets of one project (see assets/project.py)."""
 
     def spec(table, **kw) -> dict:
-        return dict(key_prefix=project.prefix, group_name=project.group_name, pool=POSTHOG_POOL,
-                    kinds=KINDS, metadata={**table_metadata(table), **project.metadata}, **kw)
+        return {"key_prefix": project.prefix, "group_name": project.group_name,
+                "pool": POSTHOG_POOL, "kinds": KINDS,
+                "metadata": {**table_metadata(table), **project.metadata}, **kw}
 
     @dg.asset(name=GROUP_TYPES_ASSET, **spec(GROUP_TYPES))
     def posthog_group_types(
