@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from resources.lake import faults
@@ -179,11 +179,20 @@ def add_files(location: Location, uri: str, files: list[Path], spec: TableSpec,
             moved.append((path, target))
         schema = DeltaSchema.from_arrow(spec.full_schema)
         if existing is None:
-            create_table_with_add_actions(
-                uri, schema, actions, mode="error" if mode == "append" else "overwrite",
-                description=spec.description or None,
-                configuration=configuration, storage_options=location.storage_options,
-                commit_properties=props)
+            try:
+                create_table_with_add_actions(
+                    uri, schema, actions, mode="error" if mode == "append" else "overwrite",
+                    description=spec.description or None,
+                    configuration=configuration, storage_options=location.storage_options,
+                    commit_properties=props)
+            except DeltaError as exc:
+                if mode != "append" or "already exists" not in str(exc):
+                    raise
+                # another source's commit created the table since we looked: append to it
+                created = open_table(location, uri)
+                assert created is not None
+                created.create_write_transaction(actions, mode="append", schema=schema,
+                                                 commit_properties=props)
         else:
             existing.create_write_transaction([*actions, *(remove or [])], mode=mode,
                                               schema=schema, commit_properties=props)

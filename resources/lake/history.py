@@ -21,7 +21,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
-from deltalake import write_deltalake
 
 from resources.lake import faults
 from resources.lake.commit import (
@@ -78,18 +77,11 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
             props = commit_properties(asset, run_id, at, rows)
             faults.point(f"before_commit:{history.name}")
             try:
-                if spec.scope is None:
-                    version = add_files(location, uri, [path], history, props, mode="overwrite",
-                                        existing=None, configuration=configuration)
-                else:
-                    # a scoped history may be created by another source's sync at the same
-                    # moment: append (see commit._write), an overwrite would replace its rows
-                    write_deltalake(uri, _cast_file(path, history), mode="append",
-                                    description=history.description,
-                                    configuration=configuration,
-                                    storage_options=location.storage_options,
-                                    commit_properties=props)
-                    version = open_table(location, uri).version()
+                # a scoped history may be created by another source's sync at the same moment:
+                # append (see commit._write), an overwrite would replace its rows
+                version = add_files(location, uri, [path], history, props,
+                                    mode="overwrite" if spec.scope is None else "append",
+                                    existing=None, configuration=configuration)
             finally:
                 path.unlink(missing_ok=True)
             faults.point(f"after_commit:{history.name}")
@@ -158,21 +150,6 @@ def _cast(relation, spec: TableSpec):
 
     def batches():
         for batch in reader:
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(f.name).cast(f.type) for f in schema], schema=schema)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
-
-
-def _cast_file(path: Path, spec: TableSpec):
-    """A Parquet file DuckDB wrote, as batches in the spec's exact Arrow schema."""
-    import pyarrow as pa
-
-    schema = spec.full_schema
-    parquet = pq.ParquetFile(path)
-
-    def batches():
-        for batch in parquet.iter_batches(10_000):
             yield pa.RecordBatch.from_arrays(
                 [batch.column(f.name).cast(f.type) for f in schema], schema=schema)
 
