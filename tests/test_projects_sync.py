@@ -155,3 +155,19 @@ def test_check_probes_every_configured_project(tmp_path: Path) -> None:
         assert any(line.startswith("FAIL") and f"{host}/3: project" in line
                    for line in lines), check.stdout
         assert check.returncode == 1 and env.sim.api_key not in check.stdout + check.stderr
+
+
+def test_export_requests_go_to_the_project_each_names() -> None:
+    from assets.project import SINGLE, projects_of
+    from pipelines.schedules import requests_by_op
+    from resources.projects import ProjectConfig
+
+    csv = {"export_format": "text/csv", "insight": 7}
+    assert requests_by_op([csv], [SINGLE], "r.yaml") == {
+        "posthog_requested_exports": {"config": {"requests": [csv]}}}
+    graph = projects_of([ProjectConfig("https://us.posthog.com", "1"),
+                         ProjectConfig("https://us.posthog.com", "2")])
+    assert requests_by_op([{**csv, "project_id": 2}], graph, "r.yaml") == {
+        "project_2__posthog_requested_exports": {"config": {"requests": [csv]}}}
+    with pytest.raises(ValueError, match="request 1 needs a project_id, one of 1, 2"):
+        requests_by_op([csv], graph, "r.yaml")
