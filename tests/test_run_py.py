@@ -178,6 +178,9 @@ def test_run_py_test_forwards_sigint_without_a_traceback(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "test", "-p", "no:cacheprovider", str(test_file)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as a supervisor starts it: SIGINT at its default, whatever an earlier test in this
+        # process left it at (an ignored SIGINT is inherited, and Python then keeps ignoring it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
