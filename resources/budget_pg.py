@@ -27,8 +27,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from resources.budget import (
     _AGREE_S,
@@ -37,6 +36,9 @@ from resources.budget import (
     _window_from_log,
     validated_windows,
 )
+
+if TYPE_CHECKING:  # loaded when a budget connects: 9 MB a run without one need not carry
+    import psycopg
 
 __all__ = ["PostgresRequestBudget", "is_postgres_url", "redact_url"]
 
@@ -269,6 +271,8 @@ class PostgresRequestBudget(ProcessLocalConnection):
 
     def _run(self, work: Callable[[psycopg.Connection], object]):
         """`work(conn)` on this process's connection, reconnecting once after a dropped one."""
+        import psycopg
+
         for attempt in range(_RECONNECTS + 1):
             conn = self._connection()
             try:
@@ -289,6 +293,8 @@ class PostgresRequestBudget(ProcessLocalConnection):
             return self._conn
         if self._conn is not None and self._conn_pid != pid:
             self._inherited.append(self._conn)
+        import psycopg
+
         conn = psycopg.connect(
             libpq_url(self.url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
             application_name="posthog-pipeline budget",
