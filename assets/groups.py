@@ -224,17 +224,16 @@ def sync_groups(context: dg.AssetExecutionContext, config: GroupsConfig,
                 pages_by_type[index] += 1
                 progress.update(groups=writer.rows_written + len(gathered))
             _write_gathered(writer, gathered, preview)
-            # One query at a time per key, as PostHog asks of the query API: the types go one
-            # after another, and a page is written (and let go) before the next is fetched.
+            # One query at a time per key, as PostHog asks of the query API: the types take
+            # turns page by page, and a slice is written (and let go) before the next is read.
+            for index, part in queries.iter_pages_of_types(query_types,
+                                                           limit=config.query_page_rows):
+                gathered.add(part, types[index])
+                _write_gathered(writer, gathered, preview)
+                per_type[f"{index}:{types[index]}"] += len(part)
+                del part
+                progress.update(groups=writer.rows_written)
             for index in query_types:
-                for part in queries.iter_group_pages(
-                    group_type_index=index, limit=config.query_page_rows
-                ):
-                    gathered.add(part, types[index])
-                    _write_gathered(writer, gathered, preview)
-                    per_type[f"{index}:{types[index]}"] += len(part)
-                    del part
-                    progress.update(groups=writer.rows_written)
                 pages_by_type[index] = queries.requests.get(index, 0)
             paths = {}
             for index in types:

@@ -13,8 +13,9 @@ slow anyway: pages are keyset pages over (created_at DESC, key DESC), the order 
 the REST listing (ee/clickhouse/views/groups.py), so a group created mid-crawl lands above the
 cursor and is left for the next sync, as with REST, and none is read twice or skipped.
 
-A page is streamed and parsed as it arrives (ijson), so the rows held are a slice of it, never
-the page; a page broken off mid-body resumes after the last row read.
+A page's body is kept in a temporary file, not in memory, and parsed from there (ijson), so the
+rows held are a slice of it, never the page; while it is parsed, the server answers the next
+type's query (one query in flight at a time).
 
 Values go in as HogQL placeholders (`{name}`, HogQLQuery.values), never spliced into the text:
 a group key may hold quotes, backslashes or newlines.
@@ -25,14 +26,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import ijson
 import msgspec
-import orjson
 
 from resources import jsontext
 from resources.budget import QUERY
@@ -154,84 +156,144 @@ class QueryGroups:
     def iter_group_pages(
         self, *, group_type_index: int, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000
     ) -> Iterator[list[RawGroup]]:
-        """Every group of one type as `RawGroup`s whose properties are the warehouse's JSON
-        text (json's exact spelling, as the REST path lands them), handed out `slice_rows` at a
-        time from pages of up to `limit` rows.
+        """Every group of one type (see `iter_pages_of_types`)."""
+        for _, part in self.iter_pages_of_types([group_type_index], limit=limit,
+                                                slice_rows=slice_rows):
+            yield part
 
-        A page is streamed: its body is parsed as it arrives (ijson) and only the rows of the
-        slice being gathered are held, never the whole page (a 50,000-row page is some 35 MB
-        of JSON). A page broken off mid-body (a reset, a truncation) is not retried from its
-        start: the next query starts after the last row read, which the keyset makes exact.
-        Only a page read to its end with fewer than `limit` rows ends the walk.
-        `requests[index]` counts the queries sent.
+    def iter_pages_of_types(
+        self, indexes: Sequence[int], *, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000
+    ) -> Iterator[tuple[int, list[RawGroup]]]:
+        """Every group of the given types as (type index, `RawGroup`s) whose properties are the
+        warehouse's JSON text (json's exact spelling, as the REST path lands them), handed out
+        `slice_rows` at a time from pages of up to `limit` rows.
+
+        One query is in flight at a time, as PostHog asks of the query API, and the server is
+        not left idle while a page is parsed: the types take turns page by page, and the next
+        type's page (its cursor is already known) is asked for as soon as this one has arrived.
+        A page's body goes to a temporary file as it arrives (a 50,000-row page is some 35 MB
+        of JSON), and is parsed from there (ijson): only the rows of the slice being gathered
+        are held, never the page. A body broken off in transfer is asked for again; a body
+        that arrived whole but does not parse gives up its rows up to the break, and the next
+        query starts after the last row read, which the keyset makes exact. Only a page read to
+        its end with fewer than `limit` rows ends a type. `requests[index]` counts the queries
+        sent.
         """
-        if isinstance(group_type_index, bool) or not isinstance(group_type_index, int):
-            raise TypeError("group_type_index must be an int")
+        for index in indexes:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError("group_type_index must be an int")
         if not 1 <= limit <= MAX_QUERY_ROWS:
             raise ValueError(f"limit must be 1..{MAX_QUERY_ROWS} (PostHog's row cap)")
-        values: dict[str, Any] = {"group_type_index": group_type_index}
-        cursor: tuple[str, str] | None = None
+        cursors: dict[int, tuple[str, str] | None] = dict.fromkeys(indexes)
+        turns = list(cursors)  # the types with pages left, in the order they take turns
         failures = 0
-        while True:
-            if cursor is not None:
-                values["after_created_at"], values["after_key"] = cursor
-            query = {"kind": "HogQLQuery",
-                     "query": GROUPS_PAGE_HOGQL(first=cursor is None, limit=limit),
-                     "values": dict(values)}
-            response = self._open_stream(query)
-            self.requests[group_type_index] = self.requests.get(group_type_index, 0) + 1
-            n = 0
-            gathered: list[RawGroup] = []
-            reader = _BodyReader(response)
-            try:
-                with contextlib.closing(response):
-                    for row in ijson.items(reader, "results.item"):
-                        key, created, props = _row(row)
-                        gathered.append(RawGroup(group_type_index, key,
-                                                 msgspec.Raw(_properties_text(props)), created))
-                        n += 1
-                        cursor = (created, key)
-                        if len(gathered) >= slice_rows:
-                            self._client.stats.add(items=len(gathered))
-                            yield gathered
-                            gathered = []
-                if not reader.saw_results:
-                    raise _BadPage("the body has no 'results' array")
-            except (httpx.TransportError, ijson.JSONError, _BadPage) as exc:
-                failures += 1
-                cause = f"{type(exc).__name__}: {str(exc)[:200]}"
-                if failures > self._t.max_retries:
-                    raise PostHogRetryError(
-                        method="POST", path=self.path, attempts=failures,
-                        last_cause=f"a query page broke off ({cause})",
-                    ) from None
-                delay = min(self._t.retry_base_delay * 2 ** (failures - 1),
-                            self._t.retry_max_delay)
-                delay = delay / 2 + random.uniform(0.0, delay / 2)
-                self._client.stats.add(retries=1)
-                self._t.log.info(
-                    "POST %s (groups of type %d): the page broke off after %d rows (%s); "
-                    "querying again after the last row read, retry %d/%d in %.2fs",
-                    self.path, group_type_index, n, cause, failures, self._t.max_retries, delay,
-                )
+        pool = ThreadPoolExecutor(1, thread_name_prefix="posthog-query-page")
+        asked: tuple[int, Future] | None = None
+
+        def ask(index: int) -> tuple[int, Future]:
+            return index, pool.submit(self._fetch_page, index, cursors[index], limit)
+
+        def failed(index: int, what: str, exc: Exception) -> None:
+            nonlocal failures
+            failures += 1
+            cause = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if failures > self._t.max_retries:
+                raise PostHogRetryError(
+                    method="POST", path=self.path, attempts=failures,
+                    last_cause=f"a query page {what} ({cause})",
+                ) from None
+            delay = min(self._t.retry_base_delay * 2 ** (failures - 1), self._t.retry_max_delay)
+            delay = delay / 2 + random.uniform(0.0, delay / 2)
+            self._client.stats.add(retries=1)
+            self._t.log.info(
+                "POST %s (groups of type %d): the page %s (%s); querying again after the last "
+                "row read, retry %d/%d in %.2fs",
+                self.path, index, what, cause, failures, self._t.max_retries, delay,
+            )
+            self._t.sleep(delay)
+
+        try:
+            if turns:
+                asked = ask(turns[0])
+            while asked is not None:
+                index, page = asked
+                asked = None
+                try:
+                    body = page.result()
+                except httpx.TransportError as exc:
+                    failed(index, "broke off in transfer", exc)
+                    asked = ask(index)
+                    continue
+                position = turns.index(index)
+                following = turns[position + 1:] + turns[:position]
+                if following:  # parsed below while the server answers the next type's query
+                    asked = ask(following[0])
+                n = 0
+                gathered: list[RawGroup] = []
+                reader = _BodyReader(iter(lambda body=body: body.read(64 * 1024), b""))
+                try:
+                    with body:
+                        for row in ijson.items(reader, "results.item"):
+                            key, created, props = _row(row)
+                            gathered.append(RawGroup(index, key,
+                                                     msgspec.Raw(_properties_text(props)),
+                                                     created))
+                            n += 1
+                            cursors[index] = (created, key)
+                            if len(gathered) >= slice_rows:
+                                self._client.stats.add(items=len(gathered))
+                                yield index, gathered
+                                gathered = []
+                    if not reader.saw_results:
+                        raise _BadPage("the body has no 'results' array")
+                except (ijson.JSONError, _BadPage) as exc:
+                    if gathered:
+                        self._client.stats.add(items=len(gathered))
+                        yield index, gathered
+                    failed(index, f"broke off after {n} rows", exc)
+                    asked = asked or ask(index)
+                    continue
+                failures = 0
+                if n > limit:
+                    raise PostHogPaginationError(
+                        f"POST {self.path}: {n} rows for LIMIT {limit}; refusing a page that "
+                        "does not match its query."
+                    )
+                self._client.stats.add(pages=1, items=len(gathered))
                 if gathered:
-                    self._client.stats.add(items=len(gathered))
-                    yield gathered
-                    gathered = []
-                self._t.sleep(delay)
-                continue
-            failures = 0
-            if n > limit:
-                raise PostHogPaginationError(
-                    f"POST {self.path}: {n} rows for LIMIT {limit}; refusing a page that does "
-                    "not match its query."
-                )
-            self._client.stats.add(pages=1, items=len(gathered))
-            if gathered:
-                yield gathered
-            del gathered
-            if n < limit:
-                return
+                    yield index, gathered
+                del gathered
+                if n < limit:
+                    turns.remove(index)
+                    if asked is None and turns:
+                        asked = ask(turns[position % len(turns)])
+                elif asked is None:
+                    asked = ask(index)
+        finally:
+            if asked is not None and not asked[1].cancel():
+                asked[1].add_done_callback(_discard)  # stopped early: its body is not read
+            pool.shutdown(wait=False)
+
+    def _fetch_page(self, index: int, cursor: tuple[str, str] | None, limit: int) -> IO[bytes]:
+        """Send one page's query and return its whole body, in a temporary file."""
+        values: dict[str, Any] = {"group_type_index": index}
+        if cursor is not None:
+            values["after_created_at"], values["after_key"] = cursor
+        response = self._open_stream({"kind": "HogQLQuery",
+                                      "query": GROUPS_PAGE_HOGQL(first=cursor is None,
+                                                                 limit=limit),
+                                      "values": values})
+        self.requests[index] = self.requests.get(index, 0) + 1
+        body = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+        try:
+            with contextlib.closing(response):
+                for chunk in response.iter_bytes(256 * 1024):
+                    body.write(chunk)
+        except BaseException:
+            body.close()
+            raise
+        body.seek(0)
+        return body
 
     def _open_stream(self, query: dict[str, Any]) -> httpx.Response:
         """POST the query and return the 200 response with its body unread; everything before
@@ -271,12 +333,17 @@ def _row(row: Any) -> tuple[str, str, str | None]:
     raise _BadPage(f"a row is not [key, created_at, properties]: {str(row)[:100]}")
 
 
+def _discard(page: Future) -> None:
+    if page.exception() is None:
+        page.result().close()
+
+
 class _BodyReader:
-    """A file-like view of a streamed body for ijson, noting whether a top-level `results`
+    """A file-like view of a body's chunks for ijson, noting whether a top-level `results`
     array began (a 200 without one must not read as an empty, final page)."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._chunks = response.iter_bytes(64 * 1024)
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
         self._buffer = b""
         self._tail = b""
         self.saw_results = False
@@ -304,7 +371,7 @@ def _properties_text(text: str | None) -> bytes:
         return b"{}"  # a group stored without properties lands as {} (as groups/ serves it)
     raw = text.encode()
     try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        jsontext.loads(raw)  # what orjson refuses but is JSON (integers beyond 64 bits)
+        msgspec.json.decode(raw, type=msgspec.Raw)  # checked without building the value
+    except msgspec.DecodeError:
+        jsontext.loads(raw)  # NaN/Infinity as a non-strict server writes them, or the error
     return raw
