@@ -71,6 +71,9 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
             select = ", ".join(
                 f"{at_sql} AS {c}" if c == quote(VALID_FROM) else
                 f"NULL::TIMESTAMPTZ AS {c}" if c == quote(VALID_TO) else c for c in columns)
+            # DuckDB spills what does not fit: the default 128 MB made this COPY the run's
+            # peak (+43 MB at a million groups); 48 MB costs a few tenths of a second
+            con.execute("SET memory_limit = '48MB'")
             con.execute(f"COPY (SELECT {select} FROM {new}) TO {literal(str(path))} "
                         "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)")
             rows = pq.read_metadata(path).num_rows
