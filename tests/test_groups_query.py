@@ -5,6 +5,7 @@ tables row for row."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -281,6 +282,49 @@ def test_groups_auto_spends_no_count_query_on_types_the_last_snapshot_shows_smal
         assert sync_queries() == 0  # the snapshot said small: REST, the type's new size seen
         assert sync_queries() == 2  # 2,300 groups at the last sync: counted, then queried
         assert env.query("SELECT count(*) FROM posthog.groups") == [(2_340,)]
+
+
+@pytest.mark.parametrize("fault", [None, "truncate", "reset_during", "bad_json", "503"])
+def test_query_types_take_turns_with_one_query_in_flight(sim_factory, monkeypatch, fault):
+    """The next type's page is asked for while this one is parsed, never two queries at once,
+    and every type lands exactly, also when pages break."""
+    sim = sim_factory(groups_per_type=(700, 450, 80), n_exports=0)
+    if fault:
+        sim.inject(fault, r"/query/$", times=3)
+    lock = threading.Lock()
+    in_flight, most, order = [0], [0], []
+    asked: dict[int, threading.Event] = {i: threading.Event() for i in (0, 1, 2)}
+    fetch = QueryGroups._fetch_page  # noqa: SLF001
+
+    def counted(self, index, cursor, limit):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            order.append(index)
+        asked[index].set()
+        try:
+            return fetch(self, index, cursor, limit)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(QueryGroups, "_fetch_page", counted)
+    got: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    with _client(sim) as client:
+        for index, part in QueryGroups(client).iter_pages_of_types([0, 1, 2], limit=100,
+                                                                   slice_rows=40):
+            if not got[0] and fault is None:
+                # type 0's first slice: type 1's query went out before its page was parsed
+                assert index == 0 and asked[1].wait(10)
+            got[index] += [g.group_key for g in part]
+    for i in (0, 1, 2):
+        assert got[i] == [g["group_key"] for g in sim.dataset.iter_groups(i)]
+    assert most[0] == 1
+    if fault is None:
+        assert order[:4] == [0, 1, 2, 0]  # the types take turns, page by page
+        assert len(order) == 8 + 5 + 1  # 700 / 100 + 1, 450 / 100 + 1 (a short last), 80
+    else:
+        assert sum(1 for r in sim.request_log if r.fault == fault) == 3
 
 
 @pytest.mark.parametrize("fault", ["truncate", "reset_during", "bad_json", "empty_200",
