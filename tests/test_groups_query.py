@@ -294,7 +294,7 @@ def test_query_types_take_turns_with_one_query_in_flight(sim_factory, monkeypatc
     lock = threading.Lock()
     in_flight, most, order = [0], [0], []
     asked: dict[int, threading.Event] = {i: threading.Event() for i in (0, 1, 2)}
-    fetch = QueryGroups._fetch_page  # noqa: SLF001
+    fetch = QueryGroups._fetch_page
 
     def counted(self, index, cursor, limit):
         with lock:
