@@ -788,7 +788,7 @@ class Dataset:
     def _top_values(self, i: int, counts: dict[str, dict[str, int]], key: str
                     ) -> list[tuple[str, int]]:
         """A key's top 20, kept with the counts it came from (ClickHouse answers it in
-        milliseconds; picking it from 300k distinct values in Python takes a quarter second)."""
+        milliseconds; picking it from 300k distinct values in Python takes a tenth of a second)."""
         with self._lock:
             entry = self._pv_top.get(i)
             if entry is None or entry[0] is not counts:  # the counts were recomputed

@@ -224,10 +224,9 @@ class QueryGroups:
                     failed(index, "broke off in transfer", exc)
                     asked = ask(index)
                     continue
-                position = turns.index(index)
-                following = turns[position + 1:] + turns[:position]
-                if following:  # parsed below while the server answers the next type's query
-                    asked = ask(following[0])
+                following = turns[(turns.index(index) + 1) % len(turns)]
+                if following != index:  # parsed below while the server answers its query
+                    asked = ask(following)
                 n = 0
                 gathered: list[RawGroup] = []
                 reader = _BodyReader(iter(lambda body=body: body.read(64 * 1024), b""))
@@ -264,10 +263,8 @@ class QueryGroups:
                     yield index, gathered
                 del gathered
                 if n < limit:
-                    turns.remove(index)
-                    if asked is None and turns:
-                        asked = ask(turns[position % len(turns)])
-                elif asked is None:
+                    turns.remove(index)  # the next type's query, if any, is already asked
+                elif asked is None:  # the only type left: its next page
                     asked = ask(index)
         finally:
             if asked is not None and not asked[1].cancel():
