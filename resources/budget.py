@@ -14,7 +14,8 @@ from pathlib import Path
 import filelock
 
 __all__ = [
-    "GENERAL", "QUERY", "RequestBudget", "budget_bucket", "open_budget", "validated_windows",
+    "GENERAL", "QUERY", "RequestBudget", "agreed_window", "budget_bucket", "open_budget",
+    "validated_windows",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,19 +274,16 @@ class RequestBudget(ProcessLocalConnection):
         conn.execute(
             "DELETE FROM learned WHERE bucket = ? AND learned_at <= ? - max(?, 2 * seconds)",
             (self.bucket, now, LEARNED_TTL_S))
-        for rowid, c, d, confirmed in conn.execute(
-                "SELECT rowid, count, seconds, confirmed FROM learned WHERE bucket = ?",
-                (self.bucket,)).fetchall():
-            if abs(d - seconds) <= max(_AGREE_S, 0.1 * max(d, seconds)):
-                new = (min(c, count), max(d, seconds))
-                conn.execute("UPDATE learned SET count = ?, seconds = ?, learned_at = ?, "
-                             "confirmed = 1 WHERE rowid = ?", (*new, now, rowid))
-                return new if not confirmed or new != (c, d) else None
-        conn.execute("INSERT INTO learned (bucket, count, seconds, learned_at, confirmed) "
-                     "VALUES (?, ?, ?, ?, 0)", (self.bucket, count, seconds, now))
-        log.debug("budget: a 429 suggests %d requests per %.1fs; waiting for a second to agree",
-                  count, seconds)
-        return None
+        seen = conn.execute("SELECT rowid, count, seconds, confirmed FROM learned "
+                            "WHERE bucket = ? ORDER BY rowid", (self.bucket,)).fetchall()
+        row_id, window, enforced = agreed_window(seen, count, seconds)
+        if row_id is None:
+            conn.execute("INSERT INTO learned (bucket, count, seconds, learned_at, confirmed) "
+                         "VALUES (?, ?, ?, ?, 0)", (self.bucket, *window, now))
+        else:
+            conn.execute("UPDATE learned SET count = ?, seconds = ?, learned_at = ?, "
+                         "confirmed = 1 WHERE rowid = ?", (*window, now, row_id))
+        return enforced
 
     def _local_delay(self) -> float:
         return max(0.0, self._local_pause_until - self._clock())
@@ -358,6 +356,24 @@ class RequestBudget(ProcessLocalConnection):
             ).fetchone()
             delay = max(delay, oldest_blocking + span - now + _EPSILON_S)
         return delay
+
+
+def agreed_window(seen: Sequence[tuple[int, int, float, bool]], count: int, seconds: float
+                  ) -> tuple[int | None, tuple[int, float], tuple[int, float] | None]:
+    """A 429's window (`count` per `seconds`) against the windows earlier 429s suggested
+    (`seen`: row id, count, seconds, confirmed): ``(row id, window, enforced)``.
+
+    Windows agree when their lengths differ by at most 1.5 s or 10%; the agreed window keeps the
+    smaller count and the longer length, and is confirmed (enforced). `row id` is the earlier
+    window's to update, or None: a first suggestion, kept unconfirmed. `enforced` is the window
+    this 429 confirmed or changed, else None."""
+    for row_id, c, d, confirmed in seen:
+        if abs(d - seconds) <= max(_AGREE_S, 0.1 * max(d, seconds)):
+            window = (min(c, count), max(d, seconds))
+            return row_id, window, (window if not confirmed or window != (c, d) else None)
+    log.debug("budget: a 429 suggests %d requests per %.1fs; waiting for a second to agree",
+              count, seconds)
+    return None, (count, seconds), None
 
 
 def _window_from_log(log_ts: Sequence[float], now: float, retry_after: float

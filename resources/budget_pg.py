@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from resources.budget import (
-    _AGREE_S,
     LEARNED_TTL_S,
     ProcessLocalConnection,
     _window_from_log,
+    agreed_window,
     validated_windows,
 )
 
@@ -254,20 +254,18 @@ class PostgresRequestBudget(ProcessLocalConnection):
         conn.execute(
             "DELETE FROM posthog_budget_learned WHERE bucket = %s "
             "AND learned_at <= %s - greatest(%s, 2 * seconds)", (self.bucket, now, LEARNED_TTL_S))
-        for row_id, c, d, confirmed in conn.execute(
-                "SELECT id, count, seconds, confirmed FROM posthog_budget_learned "
-                "WHERE bucket = %s ORDER BY id", (self.bucket,)).fetchall():
-            if abs(d - seconds) <= max(_AGREE_S, 0.1 * max(d, seconds)):
-                new = (min(c, count), max(d, seconds))
-                conn.execute("UPDATE posthog_budget_learned SET count = %s, seconds = %s, "
-                             "learned_at = %s, confirmed = true WHERE id = %s",
-                             (*new, now, row_id))
-                return new if not confirmed or new != (c, d) else None
-        conn.execute("INSERT INTO posthog_budget_learned (bucket, count, seconds, learned_at, "
-                     "confirmed) VALUES (%s, %s, %s, %s, false)", (self.bucket, count, seconds, now))
-        log.debug("budget: a 429 suggests %d requests per %.1fs; waiting for a second to agree",
-                  count, seconds)
-        return None
+        seen = conn.execute("SELECT id, count, seconds, confirmed FROM posthog_budget_learned "
+                            "WHERE bucket = %s ORDER BY id", (self.bucket,)).fetchall()
+        row_id, window, enforced = agreed_window(seen, count, seconds)
+        if row_id is None:
+            conn.execute("INSERT INTO posthog_budget_learned (bucket, count, seconds, "
+                         "learned_at, confirmed) VALUES (%s, %s, %s, %s, false)",
+                         (self.bucket, *window, now))
+        else:
+            conn.execute("UPDATE posthog_budget_learned SET count = %s, seconds = %s, "
+                         "learned_at = %s, confirmed = true WHERE id = %s",
+                         (*window, now, row_id))
+        return enforced
 
     def _run(self, work: Callable[[psycopg.Connection], object]):
         """`work(conn)` on this process's connection, reconnecting once after a dropped one."""
