@@ -23,8 +23,8 @@ from assets.tables import (
     property_value_row,
     table_metadata,
 )
-from resources.lake import LakeResource
 from resources.errors import PostHogAPIError
+from resources.lake import BATCH_BYTES, LakeResource
 from resources.posthog import POSTHOG_POOL, PostHogResource, parse_groups_source
 from resources.posthog_client import RawGroup
 from resources.posthog_query import (
@@ -213,7 +213,7 @@ def sync_groups(context: dg.AssetExecutionContext, config: GroupsConfig,
             for index, page in interleave(sources, max_workers=config.type_concurrency):
                 if page and isinstance(page[0], RawGroup):
                     gathered.add(page, types[index])
-                    if len(gathered) >= _BATCH_ROWS:
+                    if len(gathered) >= _BATCH_ROWS or gathered.nbytes >= BATCH_BYTES:
                         _write_gathered(writer, gathered, preview)
                 else:  # a page read as dicts; the rows stay in the order they came
                     _write_gathered(writer, gathered, preview)

@@ -243,6 +243,7 @@ class GroupColumns:
         self._key: list[str] = []
         self._properties: list[bytes] = []
         self._created: list[str] = []
+        self.nbytes = 0  # of the properties' text: wide groups make a batch of fewer rows
 
     def __len__(self) -> int:
         return len(self._key)
@@ -251,7 +252,9 @@ class GroupColumns:
         self._index.extend([g.group_type_index for g in groups])
         self._type.extend([group_type] * len(groups))
         self._key.extend([g.group_key for g in groups])
-        self._properties.extend([bytes(g.group_properties) for g in groups])
+        properties = [bytes(g.group_properties) for g in groups]
+        self.nbytes += sum(map(len, properties))
+        self._properties.extend(properties)
         self._created.extend([g.created_at for g in groups])
 
     def take(self) -> pa.RecordBatch:
@@ -288,6 +291,7 @@ class GroupColumns:
         )
         for column in (self._index, self._type, self._key, self._properties, self._created):
             column.clear()
+        self.nbytes = 0
         return batch
 
 

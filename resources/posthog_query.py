@@ -56,6 +56,9 @@ __all__ = [
 
 # posthog/hogql/constants.py MAX_SELECT_RETURNED_ROWS
 MAX_QUERY_ROWS = 50_000
+# A slice of a page handed to the caller ends at this much properties text, however few its rows:
+# PostHog does not bound a group's properties, and 5,000 groups of 40 KB would be 200 MB.
+SLICE_BYTES = 8 << 20
 # the REST listing's fixed page size (ee/clickhouse/views/groups.py)
 REST_PAGE_SIZE = 100
 
@@ -154,19 +157,22 @@ class QueryGroups:
         return {int(index): int(n) for index, n in page.results}
 
     def iter_group_pages(
-        self, *, group_type_index: int, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000
+        self, *, group_type_index: int, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000,
+        slice_bytes: int = SLICE_BYTES,
     ) -> Iterator[list[RawGroup]]:
         """Every group of one type (see `iter_pages_of_types`)."""
         for _, part in self.iter_pages_of_types([group_type_index], limit=limit,
-                                                slice_rows=slice_rows):
+                                                slice_rows=slice_rows, slice_bytes=slice_bytes):
             yield part
 
     def iter_pages_of_types(
-        self, indexes: Sequence[int], *, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000
+        self, indexes: Sequence[int], *, limit: int = MAX_QUERY_ROWS, slice_rows: int = 5_000,
+        slice_bytes: int = SLICE_BYTES,
     ) -> Iterator[tuple[int, list[RawGroup]]]:
         """Every group of the given types as (type index, `RawGroup`s) whose properties are the
         warehouse's JSON text (json's exact spelling, as the REST path lands them), handed out
-        `slice_rows` at a time from pages of up to `limit` rows.
+        `slice_rows` at a time (fewer when their properties pass `slice_bytes`) from pages of
+        up to `limit` rows.
 
         One query is in flight at a time, as PostHog asks of the query API, and the server is
         not left idle while a page is parsed: the types take turns page by page, and the next
@@ -229,20 +235,22 @@ class QueryGroups:
                     asked = ask(following)
                 n = 0
                 gathered: list[RawGroup] = []
+                size = 0
                 reader = _BodyReader(iter(lambda body=body: body.read(64 * 1024), b""))
                 try:
                     with body:
                         for row in ijson.items(reader, "results.item"):
                             key, created, props = _row(row)
-                            gathered.append(RawGroup(index, key,
-                                                     msgspec.Raw(_properties_text(props)),
-                                                     created))
+                            text = _properties_text(props)
+                            gathered.append(RawGroup(index, key, msgspec.Raw(text), created))
+                            size += len(text)
                             n += 1
                             cursors[index] = (created, key)
-                            if len(gathered) >= slice_rows:
+                            if len(gathered) >= slice_rows or size >= slice_bytes:
                                 self._client.stats.add(items=len(gathered))
                                 yield index, gathered
                                 gathered = []
+                                size = 0
                     if not reader.saw_results:
                         raise _BadPage("the body has no 'results' array")
                 except (ijson.JSONError, _BadPage) as exc:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs
 
+import pyarrow.parquet as pq
+import pytest
+
 from tests.helpers import start_sim
 
 
@@ -70,3 +73,37 @@ def test_property_definitions_land_posthogs_virtual_properties_flagged_in_extra(
         asked = [parse_qs(r.query)["key"][0] for r in env.sim.request_log
                  if r.path.endswith("groups/property_values/")]
         assert asked and not [k for k in asked if k.startswith("$virt_")]
+
+
+@pytest.mark.parametrize("source", ["query", "rest"])
+def test_wide_group_properties_sync_within_bounded_memory_and_land_exactly(
+        tmp_path, source) -> None:
+    """PostHog does not bound a group's properties. 2,500 groups of 24 KB (60 MB) used to fill
+    one staged row group, more than DuckDB was given to copy the first history. Row groups now
+    end at 8 MB as well as at 5,000 rows, delta-rs writes the history's merges the same way,
+    and both syncs land every byte."""
+    from resources.lake import BATCH_BYTES
+    from tests.helpers import expected_groups, landed_groups
+
+    with start_sim(tmp_path, groups_per_type=(5, 0, 0), n_exports=0) as env:
+        for i in range(2_500):
+            env.sim.dataset.insert_group(0, f"wide-{i}", {"blob": f"{i:05d}" * 4_800})
+        for sync in (1, 2):
+            if sync == 2:  # a third of them change: the history's merge path
+                for i in range(0, 2_500, 3):
+                    env.sim.dataset.insert_group(0, f"wide-{i}", {"blob": "z" * 24_000, "n": i})
+            env.sync(select=["posthog_group_types", "posthog_groups"], groups_source=source)
+            expected = expected_groups(env.sim)
+            landed = landed_groups(env)
+            assert landed.keys() == expected.keys()
+            assert all(landed[k]["group_properties"] == g["group_properties"]
+                       for k, g in expected.items())
+            (versions,) = env.query("SELECT count(*) FROM posthog.groups_history")[0]
+            assert versions == 2_505 + (834 if sync == 2 else 0)
+            lake = env.lake()
+            for name in ("groups", "groups_history"):
+                for uri in lake.location.data_files(lake.table(name)):
+                    metadata = pq.read_metadata(lake.location.fs_path(uri))
+                    for g in range(metadata.num_row_groups):
+                        # about the bound (DuckDB's is approximate, delta-rs counts rows)
+                        assert metadata.row_group(g).total_byte_size < 1.5 * BATCH_BYTES

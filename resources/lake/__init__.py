@@ -21,10 +21,15 @@ from resources.lake.maintenance import Maintenance
 from resources.lake.resource import LakeResource, default_state_dir
 from resources.lake.scoped import ScopedLake
 from resources.lake.spec import SYNCED_AT, SYNCED_AT_TYPE, VALID_FROM, VALID_TO, TableSpec
-from resources.lake.staging import StagedTable, count_distinct_keys, release_memory
+from resources.lake.staging import (
+    BATCH_BYTES,
+    StagedTable,
+    count_distinct_keys,
+    release_memory,
+)
 
 __all__ = [
-    "SYNCED_AT", "SYNCED_AT_TYPE", "VALID_FROM", "VALID_TO", "Lake", "LakeBusyError",
+    "BATCH_BYTES", "SYNCED_AT", "SYNCED_AT_TYPE", "VALID_FROM", "VALID_TO", "Lake", "LakeBusyError",
     "LakeError", "LakeResource", "Location", "Maintenance", "PublishedTable", "ScopedLake",
     "StagedTable",
     "TableSpec", "count_distinct_keys", "default_state_dir", "release_memory",

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
@@ -45,7 +45,7 @@ from resources.lake import faults
 from resources.lake.errors import LakeError
 from resources.lake.location import Location
 from resources.lake.spec import TableSpec
-from resources.lake.staging import StagedTable
+from resources.lake.staging import BATCH_ROWS, StagedTable
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ def commit_properties(asset: str | None, run_id: str | None, synced_at: datetime
     return CommitProperties(custom_metadata=meta)
 
 
+def writer_properties(row_group_rows: int = BATCH_ROWS) -> WriterProperties:
+    """How delta-rs writes a table's files (a merge, an overwrite, a compaction): row groups of
+    at most `row_group_rows`, as staging writes them. Its default, a million rows to a row
+    group, is more than DuckDB may hold here (the history's changes are computed within
+    128 MB, and DuckDB reads a row group's column at once)."""
+    return WriterProperties(max_row_group_size=row_group_rows, compression="ZSTD")
+
+
 def commit(location: Location, schema: str, staged: StagedTable, *, asset: str | None,
            run_id: str | None, configuration: dict[str, str] | None = None) -> Committed:
     """Commit one staged table to its Delta table as its spec's mode says; one log entry."""
@@ -121,6 +129,7 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
         write_deltalake(
             existing, staged.batches(), mode="overwrite", schema_mode="merge", predicate=scoped,
             storage_options=location.storage_options, commit_properties=props,
+            writer_properties=writer_properties(staged.rows_per_batch()),
         )
         return _version(location, uri)
     if existing is None and scoped:
@@ -139,7 +148,8 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
         predicate = " AND ".join(f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in spec.match_key)
         (
             existing.merge(staged.batches(), predicate, source_alias="s", target_alias="t",
-                           merge_schema=True, commit_properties=props)
+                           merge_schema=True, commit_properties=props,
+                           writer_properties=writer_properties(staged.rows_per_batch()))
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
@@ -159,6 +169,7 @@ def _write(location: Location, uri: str, spec: TableSpec, staged: StagedTable,
         predicate=" AND ".join(filter(None, [
             scoped, f"{column} IN ({', '.join(_sql_value(v) for v in values)})"])),
         storage_options=location.storage_options, commit_properties=props,
+        writer_properties=writer_properties(staged.rows_per_batch()),
     )
     return _version(location, uri)
 
@@ -357,7 +368,8 @@ def add_scope_column(location: Location, schema: str, spec: TableSpec, value: in
     })
     write_deltalake(existing, pa.RecordBatchReader.from_batches(target, batches()),
                     mode="overwrite", schema_mode="overwrite",
-                    storage_options=location.storage_options, commit_properties=props)
+                    storage_options=location.storage_options, commit_properties=props,
+                    writer_properties=writer_properties())
     return True
 
 

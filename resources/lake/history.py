@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from resources.lake import faults
@@ -29,11 +30,23 @@ from resources.lake.commit import (
     commit_properties,
     open_table,
     table_uri,
+    writer_properties,
 )
 from resources.lake.errors import LakeError, literal, quote
 from resources.lake.location import Location
 from resources.lake.spec import SYNCED_AT, VALID_FROM, VALID_TO, TableSpec
-from resources.lake.staging import StagedTable, parquet_list
+from resources.lake.staging import (
+    BATCH_BYTES,
+    BATCH_ROWS,
+    StagedTable,
+    parquet_list,
+    read_parquet_sql,
+)
+
+# DuckDB's memory (it spills the rest) to write the first history, and to compute the changes
+# after it; more when a row group needs it (see _memory_limit)
+_FIRST_MEMORY = 48 << 20
+_CHANGES_MEMORY = 128 << 20
 
 
 def commit_history(location: Location, schema: str, staged: StagedTable, work_dir: Path, *,
@@ -46,6 +59,22 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
     uri = table_uri(location, schema, history.name)
     at = staged.synced_at
     existing = open_table(location, uri)
+    if existing is None:
+        path = work_dir / f"history-{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
+        _write_first(location, staged, history, path, work_dir / f"history-{spec.name}.spill")
+        rows = pq.read_metadata(path).num_rows
+        props = commit_properties(asset, run_id, at, rows)
+        faults.point(f"before_commit:{history.name}")
+        try:
+            # a scoped history may be created by another source's sync at the same moment:
+            # append (see commit._write), an overwrite would replace its rows
+            version = add_files(location, uri, [path], history, props,
+                                mode="overwrite" if spec.scope is None else "append",
+                                existing=None, configuration=configuration)
+        finally:
+            path.unlink(missing_ok=True)
+        faults.point(f"after_commit:{history.name}")
+        return Committed(history.name, version, rows, uri)
     # matched on the scope too, and only this sync's scope's open versions are compared
     key = [quote(k) for k in spec.match_key]
     tracked = [quote(f.name) for f in spec.schema if f.name not in spec.match_key
@@ -58,37 +87,15 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
     con = location.register(duckdb.connect())
     try:
         con.execute(f"SET temp_directory = {literal(str(spill))}")
-        con.execute("SET memory_limit = '128MB'")
+        limit = _memory_limit(con, [*location.data_files(existing), *staged.files],
+                              _CHANGES_MEMORY)
+        con.execute(f"SET memory_limit = '{limit}B'")
         con.execute("SET threads = 1")
         con.execute("SET preserve_insertion_order = false")
         at_sql = f"{literal(at.isoformat())}::TIMESTAMPTZ"
         empty_new = (f"(SELECT {', '.join(quote(f.name) for f in spec.full_schema)} "
                      f"FROM {_open_source(con, location, existing, history)} WHERE false)")
         new = new or empty_new
-        if existing is None:
-            # the first history: every row opens a version; DuckDB writes the file itself
-            path = work_dir / f"history-{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
-            select = ", ".join(
-                f"{at_sql} AS {c}" if c == quote(VALID_FROM) else
-                f"NULL::TIMESTAMPTZ AS {c}" if c == quote(VALID_TO) else c for c in columns)
-            # DuckDB spills what does not fit: the default 128 MB made this COPY the run's
-            # peak (+43 MB at a million groups); 48 MB costs a few tenths of a second
-            con.execute("SET memory_limit = '48MB'")
-            con.execute(f"COPY (SELECT {select} FROM {new}) TO {literal(str(path))} "
-                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)")
-            rows = pq.read_metadata(path).num_rows
-            props = commit_properties(asset, run_id, at, rows)
-            faults.point(f"before_commit:{history.name}")
-            try:
-                # a scoped history may be created by another source's sync at the same moment:
-                # append (see commit._write), an overwrite would replace its rows
-                version = add_files(location, uri, [path], history, props,
-                                    mode="overwrite" if spec.scope is None else "append",
-                                    existing=None, configuration=configuration)
-            finally:
-                path.unlink(missing_ok=True)
-            faults.point(f"after_commit:{history.name}")
-            return Committed(history.name, version, rows, uri)
         open_rows = (f"(SELECT * FROM {_open_source(con, location, existing, history)} "
                      f"WHERE {quote(VALID_TO)} IS NULL{in_scope})")
         keys = ", ".join(key)
@@ -116,10 +123,12 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
         predicate = " AND ".join(
             f"(t.{k} IS NOT DISTINCT FROM s.{k})" for k in (*spec.match_key, VALID_FROM))
         props = commit_properties(asset, run_id, at, changes)
+        rows = staged.rows_per_batch()
         faults.point(f"before_commit:{history.name}")
         (
-            existing.merge(_cast(source, history), predicate, source_alias="s",
-                           target_alias="t", merge_schema=True, commit_properties=props)
+            existing.merge(_cast(source, history, rows), predicate, source_alias="s",
+                           target_alias="t", merge_schema=True, commit_properties=props,
+                           writer_properties=writer_properties(rows))
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
@@ -133,23 +142,64 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def _write_first(location: Location, staged: StagedTable, history: TableSpec, path: Path,
+                 spill: Path) -> None:
+    """The first history: every staged row opens a version (``valid_from`` = the sync's
+    ``synced_at``), written by DuckDB within 48 MB (a COPY at DuckDB's default 128 MB was a
+    1M sync's peak, +43 MB), in row groups bounded as staging bounds them."""
+    columns = [quote(f.name) for f in history.full_schema]
+    at_sql = f"{literal(staged.synced_at.isoformat())}::TIMESTAMPTZ"
+    select = ", ".join(
+        f"{at_sql} AS {c}" if c == quote(VALID_FROM) else
+        f"NULL::TIMESTAMPTZ AS {c}" if c == quote(VALID_TO) else c for c in columns)
+    from resources.lake.warehouse import empty_relation
+
+    source = (f"read_parquet({parquet_list(staged.files)})" if staged.files else
+              f"(SELECT * FROM {empty_relation(staged.spec.full_schema)})")
+    con = location.register(duckdb.connect())
+    try:
+        con.execute(f"SET temp_directory = {literal(str(spill))}")
+        con.execute(f"SET memory_limit = '{_memory_limit(con, staged.files, _FIRST_MEMORY)}B'")
+        con.execute("SET threads = 1")
+        con.execute("SET preserve_insertion_order = false")
+        con.execute(f"COPY (SELECT {select} FROM {source}) TO {literal(str(path))} "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {BATCH_ROWS}, "
+                    f"ROW_GROUP_SIZE_BYTES {BATCH_BYTES})")
+    except duckdb.Error as exc:
+        raise LakeError(f"{history.name}: writing the first history failed: {exc}") from exc
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _memory_limit(con, files: list[str] | list[Path], base: int) -> int:
+    """DuckDB's memory limit to read these Parquet files: `base`, or more when a file has a
+    row group so large that DuckDB could not hold one of its columns in that (DuckDB reads a
+    row group's column at once: a row of megabytes of properties, or a file delta-rs wrote
+    before it was told to keep row groups small, a million rows in one)."""
+    if not files:
+        return base
+    (largest,) = con.execute(
+        "SELECT coalesce(max(total_compressed_size + total_uncompressed_size), 0) "
+        f"FROM parquet_metadata({parquet_list(files)})").fetchone()
+    return max(base, 2 * int(largest) + base // 2)
+
+
 def _open_source(con, location: Location, existing, history: TableSpec) -> str:
     """SQL for the history table's current rows (an empty relation before its first commit)."""
     files = location.data_files(existing) if existing is not None else []
     if files:
-        return f"read_parquet({parquet_list(files)}, union_by_name = true)"
+        return read_parquet_sql(files)
     from resources.lake.warehouse import empty_relation
 
     return empty_relation(history.full_schema)
 
 
-def _cast(relation, spec: TableSpec):
-    """The relation's batches in the spec's exact Arrow schema (DuckDB's types differ a little:
-    JSON metadata, string views)."""
-    import pyarrow as pa
-
+def _cast(relation, spec: TableSpec, batch_rows: int):
+    """The relation's batches of `batch_rows` in the spec's exact Arrow schema (DuckDB's types
+    differ a little: JSON metadata, string views)."""
     schema = spec.full_schema
-    reader = relation.to_arrow_reader(10_000)
+    reader = relation.to_arrow_reader(batch_rows)
 
     def batches():
         for batch in reader:

@@ -47,8 +47,9 @@ from resources.lake.spec import TableSpec
 from resources.lake.staging import (
     BATCH_ROWS,
     StagedTable,
-    parquet_list,
+    columns_of,
     read_files,
+    read_parquet_sql,
     remove_dead_leftovers,
 )
 from resources.lake.warehouse import TableView, Warehouse
@@ -287,9 +288,8 @@ class Lake:
             return 0
         con = self.location.register(duckdb.connect())
         try:
-            source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
-            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-            if spec.scope not in present:
+            source = read_parquet_sql(files)
+            if spec.scope not in columns_of(con, source):
                 return 0
             return con.execute(f"SELECT count(*) FROM {source} WHERE {quote(spec.scope)} = ?",
                                [scope]).fetchone()[0]

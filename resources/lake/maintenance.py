@@ -22,6 +22,8 @@ from datetime import timedelta
 
 from deltalake import DeltaTable
 
+from resources.lake.commit import writer_properties
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = timedelta(days=7)
@@ -47,7 +49,7 @@ class Maintenance:
         try:
             files = len(table.file_uris())
             if files > self.compact_files:
-                result = table.optimize.compact()
+                result = table.optimize.compact(writer_properties=writer_properties())
                 done["compacted_files"] = int(result.get("numFilesRemoved", 0))
             hours = max(0, int(self.retention.total_seconds() // 3600))
             # a vacuum is two commits (start, end): only when it has something to remove

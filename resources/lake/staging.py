@@ -32,8 +32,12 @@ from resources.lake.spec import SYNCED_AT, SYNCED_AT_TYPE, TableSpec
 # several times its Arrow size, so the dicts are kept few while a row group fills.
 _ROWS_AS_DICTS = 2_000
 # Rows per staged batch and row group: 5,000 groups (3.5 MB of properties) kept the groups
-# step's working set 10 MB under what 10,000 did, at the same speed.
+# step's working set 10 MB under what 10,000 did, at the same speed. Wide rows end a row group
+# sooner, at BATCH_BYTES of Arrow data: every later reader of the files (the history, a
+# dedupe, DuckDB's views) holds a row group's column at a time, and 5,000 groups of 40 KB of
+# properties each would be 200 MB.
 BATCH_ROWS = 5_000
+BATCH_BYTES = 8 << 20
 ROWS_PER_FILE = 500_000
 _KEYS_PER_PASS = 250_000  # count_distinct_keys: keys hashed per pass (memory, not time)
 # read_parquet globs every path; a one-character class matches the character literally
@@ -88,6 +92,17 @@ def parquet_list(paths: Iterable[str | Path]) -> str:
     return "[" + ", ".join(escaped) + "]"
 
 
+def read_parquet_sql(paths: Iterable[str | Path]) -> str:
+    """SQL reading Parquet files as one relation, columns matched by name: files written under
+    an older schema read beside newer ones (a column a file lacks is null)."""
+    return f"read_parquet({parquet_list(paths)}, union_by_name = true)"
+
+
+def columns_of(con: duckdb.DuckDBPyConnection, source: str) -> set[str]:
+    """The column names of a relation's SQL (such as `read_parquet_sql`'s)."""
+    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+
+
 def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     # the table's own data files: zstd, and statistics for every column (Delta's file skipping)
     return pq.ParquetWriter(path, schema, compression="zstd")
@@ -98,8 +113,8 @@ def read_files(con: duckdb.DuckDBPyConnection, files: Iterable[str | Path],
     """Parquet files (of any older schema) as one table of ``schema``: a column a file lacks is
     null, every column cast to its type; ``where`` = (column, value) keeps the rows holding
     that value. ``con`` must be able to read the files' paths."""
-    source = f"read_parquet({parquet_list(files)}, union_by_name = true)"
-    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    source = read_parquet_sql(files)
+    present = columns_of(con, source)
     select = ", ".join(quote(f.name) if f.name in present else f"NULL AS {quote(f.name)}"
                        for f in schema)
     if where is None:
@@ -169,6 +184,7 @@ class StagedTable:
         self._buffer: list[dict] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._parquet: pq.ParquetWriter | None = None
         self.files: list[Path] = []
         self.covered: set = set()  # key values replaced even without rows (``replace_keys``)
@@ -256,14 +272,28 @@ class StagedTable:
 
     # -- reading back ------------------------------------------------------------------------
 
+    def rows_per_batch(self) -> int:
+        """How many of the staged rows hold about BATCH_BYTES (at most `batch_rows`): the rows
+        to read back at a time, fewer when they are wide."""
+        rows = size = 0
+        for path in self.files:
+            metadata = pq.read_metadata(path)
+            rows += metadata.num_rows
+            size += sum(metadata.row_group(i).total_byte_size
+                        for i in range(metadata.num_row_groups))
+        if not rows or not size:
+            return self._batch_rows
+        return max(1, min(self._batch_rows, rows * BATCH_BYTES // size))
+
     def batches(self) -> pa.RecordBatchReader:
         """The staged rows as one stream (the schema's columns, in the order written)."""
         schema = self._schema
+        batch_rows = self.rows_per_batch()
 
         def read() -> Iterator[pa.RecordBatch]:
             for path in self.files:
                 with pq.ParquetFile(path) as parquet:
-                    yield from parquet.iter_batches(batch_size=self._batch_rows)
+                    yield from parquet.iter_batches(batch_size=batch_rows)
 
         return pa.RecordBatchReader.from_batches(schema, read())
 
@@ -299,7 +329,8 @@ class StagedTable:
     def _stage(self, batch: pa.RecordBatch) -> None:
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
-        if self._pending_rows >= self._batch_rows:
+        self._pending_bytes += batch.nbytes
+        if self._pending_rows >= self._batch_rows or self._pending_bytes >= BATCH_BYTES:
             self._drain()
 
     def _drain(self) -> None:
@@ -307,6 +338,7 @@ class StagedTable:
             table = pa.Table.from_batches(self._pending, schema=self._data_schema)
             self._pending.clear()
             self._pending_rows = 0
+            self._pending_bytes = 0
             self._write(table)
 
     def _write(self, data: pa.Table) -> None:
@@ -325,6 +357,8 @@ class StagedTable:
                                 f"sync's {self.scope_value!r}")
             arrays[column] = pa.repeat(self._scope, n)
         table = pa.Table.from_arrays(arrays, schema=self._schema)
+        # rows per row group: the table's, unless they hold more than BATCH_BYTES
+        group_rows = max(1, min(n, n * BATCH_BYTES // max(1, table.nbytes)))
         offset = 0
         while offset < n:
             if self._parquet is None:
@@ -333,8 +367,9 @@ class StagedTable:
                 self.files.append(path)
                 self._rows_in_file = 0
             take = min(n - offset, self._rows_per_file - self._rows_in_file)
-            # one row group per call: `batch_rows` rows, however many batches they came in
-            self._parquet.write_table(table.slice(offset, take), row_group_size=take)
+            # `batch_rows` rows (or BATCH_BYTES) to a row group, however many batches they
+            # came in
+            self._parquet.write_table(table.slice(offset, take), row_group_size=group_rows)
             offset += take
             self._rows_in_file += take
             self.rows_written += take
@@ -367,7 +402,7 @@ class StagedTable:
                 "ORDER BY filename DESC, file_row_number DESC) AS rn__ "
                 f"FROM read_parquet({files}, filename = true, file_row_number = true)) "
                 "WHERE rn__ = 1"
-            ).to_arrow_reader(self._batch_rows)
+            ).to_arrow_reader(self.rows_per_batch())
             old_files, self.files = self.files, []
             self._prefix = "dedup"  # new files beside the old ones, which DuckDB is reading
             self.rows_written = 0

@@ -27,7 +27,7 @@ import pyarrow as pa
 from resources.lake.errors import LakeBusyError, LakeError, identifier, literal, quote
 from resources.lake.location import Location
 from resources.lake.spec import json_columns_of
-from resources.lake.staging import parquet_list
+from resources.lake.staging import read_parquet_sql
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def view_sql(schema_name: str, view: TableView) -> str:
         for f in view.schema
     )
     if view.files:
-        source = f"read_parquet({parquet_list(view.files)}, union_by_name = true)"
+        source = read_parquet_sql(view.files)
     else:
         source = empty_relation(view.schema)
     return (f"CREATE OR REPLACE VIEW {quote(schema_name)}.{quote(view.name)} AS "
