@@ -210,6 +210,26 @@ def test_lake_file_counts_stay_bounded_over_many_syncs(tmp_path):
         assert len(DeltaTable(lake.table_uri(table)).file_uris()) <= 5
 
 
+def test_lake_compaction_keeps_row_groups_small_in_bytes(tmp_path):
+    """delta-rs's compaction would put every row in one row group; it is given the rows that
+    hold about 8 MB (50 KB rows: some 160), as staging writes them."""
+    from resources.lake import BATCH_BYTES
+
+    wide = TableSpec(name="wide", schema=pa.schema([("id", pa.int64()), ("blob", pa.string())]),
+                     mode="merge", key=("id",))
+    lake = make_lake(tmp_path, maintenance=Maintenance(retention=timedelta(0), compact_files=3))
+    for i in range(5):  # a merge adds a file each time; the fourth is compacted
+        publish_rows(lake, wide, [{"id": i * 200 + j, "blob": f"{j:05d}" * 10_000}
+                                  for j in range(200)], T0 + timedelta(minutes=i))
+    assert query(lake, "SELECT count(*), count(DISTINCT id) FROM posthog.wide") == [(1000, 1000)]
+    files = DeltaTable(lake.table_uri("wide")).file_uris()
+    assert len(files) <= 3
+    groups = [pq.read_metadata(f).row_group(g) for f in files
+              for g in range(pq.read_metadata(f).num_row_groups)]
+    assert len(groups) >= 1000 * 50_000 // BATCH_BYTES
+    assert all(g.total_byte_size < 1.5 * BATCH_BYTES for g in groups)
+
+
 def test_lake_rebuild_views_recreates_a_deleted_warehouse(tmp_path):
     lake = make_lake(tmp_path)
     publish_rows(lake, GROUPS, [group("a")])
@@ -408,6 +428,24 @@ def test_lake_snapshot_that_drops_too_many_rows_fails_before_any_commit(tmp_path
     assert query(lake, "SELECT count(*) FROM posthog.groups_history") == [(10,)]
     published = publish_rows(lake, GROUPS, [group("0")], max_drop=1.0)
     assert published.rows == 1
+
+
+@pytest.mark.parametrize("width", [10, 100_000])
+def test_lake_snapshot_keeps_the_last_row_of_a_key_written_twice_however_wide(tmp_path, width):
+    """A listing can serve a group twice. The later row wins; at 100 KB a row (100 MB in all),
+    finding the replaced rows on the key alone stays within DuckDB's 128 MB, where a window
+    over whole rows ran out of memory."""
+    lake = make_lake(tmp_path)
+    rows = [group(f"k{i % 950}", n=i, blob="x" * width) for i in range(1_000)]
+    published = publish_rows(lake, GROUPS, rows)
+    assert published.rows == 950
+    with lake.writer(GROUPS) as w:
+        w.write_rows(rows)
+        w.close()
+        assert w.duplicates_dropped == 50
+        w.abort()
+    landed = dict(query(lake, "SELECT group_key, group_properties->>'n' FROM posthog.groups"))
+    assert landed == {f"k{j}": str(j + 950 if j < 50 else j) for j in range(950)}
 
 
 @pytest.mark.parametrize("per_pass", [1_000_000, 7, 1])

@@ -51,6 +51,7 @@ from resources.lake.staging import (
     read_files,
     read_parquet_sql,
     remove_dead_leftovers,
+    row_group_rows,
 )
 from resources.lake.warehouse import TableView, Warehouse
 
@@ -214,7 +215,15 @@ class Lake:
     def _maintain(self, name: str) -> None:
         table = self.table(name)
         if table is not None:
-            self.maintenance.run(table)
+            self.maintenance.run(table, row_group_rows=lambda: self._row_group_rows(table))
+
+    def _row_group_rows(self, table: DeltaTable) -> int:
+        """Rows to a row group when delta-rs rewrites the table: about 8 MB of its rows."""
+        con = self.location.register(duckdb.connect())
+        try:
+            return row_group_rows(con, self.location.data_files(table))
+        finally:
+            con.close()
 
     # -- reading the lake --------------------------------------------------------------------
 

@@ -17,12 +17,14 @@ Maintenance failures only log: the data is committed, and the next sync tries ag
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from deltalake import DeltaTable
 
 from resources.lake.commit import writer_properties
+from resources.lake.staging import BATCH_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +45,16 @@ class Maintenance:
         return {"delta.logRetentionDuration": f"interval {hours} hours",
                 "delta.deletedFileRetentionDuration": f"interval {hours} hours"}
 
-    def run(self, table: DeltaTable) -> dict[str, int]:
-        """Compact if needed, then vacuum and clean the log; counts of what was done."""
+    def run(self, table: DeltaTable,
+            row_group_rows: Callable[[], int] | None = None) -> dict[str, int]:
+        """Compact if needed (in row groups of `row_group_rows()` rows, asked only then), then
+        vacuum and clean the log; counts of what was done."""
         done = {"compacted_files": 0, "vacuumed_files": 0}
         try:
             files = len(table.file_uris())
             if files > self.compact_files:
-                result = table.optimize.compact(writer_properties=writer_properties())
+                rows = row_group_rows() if row_group_rows is not None else BATCH_ROWS
+                result = table.optimize.compact(writer_properties=writer_properties(rows))
                 done["compacted_files"] = int(result.get("numFilesRemoved", 0))
             hours = max(0, int(self.retention.total_seconds() // 3600))
             # a vacuum is two commits (start, end): only when it has something to remove

@@ -92,6 +92,26 @@ def parquet_list(paths: Iterable[str | Path]) -> str:
     return "[" + ", ".join(escaped) + "]"
 
 
+def rows_within(rows: int, nbytes: int, most: int = BATCH_ROWS) -> int:
+    """How many rows of `rows` that take `nbytes` (uncompressed) hold about BATCH_BYTES: at
+    least 1, at most `most`."""
+    if not rows or not nbytes:
+        return most
+    return max(1, min(most, rows * BATCH_BYTES // nbytes))
+
+
+def row_group_rows(con: duckdb.DuckDBPyConnection, files: list[str]) -> int:
+    """`rows_within` for Parquet files (their footers read by DuckDB, which `con` must be able
+    to read them with): the rows to a row group when they are written again."""
+    if not files:
+        return BATCH_ROWS
+    rows, nbytes = con.execute(
+        "SELECT sum(row_group_num_rows), sum(row_group_bytes) FROM (SELECT DISTINCT file_name, "
+        f"row_group_id, row_group_num_rows, row_group_bytes FROM parquet_metadata("
+        f"{parquet_list(files)}))").fetchone()
+    return rows_within(rows or 0, nbytes or 0)
+
+
 def read_parquet_sql(paths: Iterable[str | Path]) -> str:
     """SQL reading Parquet files as one relation, columns matched by name: files written under
     an older schema read beside newer ones (a column a file lacks is null)."""
@@ -281,9 +301,7 @@ class StagedTable:
             rows += metadata.num_rows
             size += sum(metadata.row_group(i).total_byte_size
                         for i in range(metadata.num_row_groups))
-        if not rows or not size:
-            return self._batch_rows
-        return max(1, min(self._batch_rows, rows * BATCH_BYTES // size))
+        return rows_within(rows, size, self._batch_rows)
 
     def batches(self) -> pa.RecordBatchReader:
         """The staged rows as one stream (the schema's columns, in the order written)."""
@@ -396,12 +414,17 @@ class StagedTable:
             self.duplicates_dropped = total - distinct
             if total == distinct:
                 return
-            columns = ", ".join(quote(f.name) for f in self._schema)
+            columns = ", ".join(f"x.{quote(f.name)}" for f in self._schema)
+            source = f"read_parquet({files}, filename = true, file_row_number = true)"
+            # the rows a later one of the same key replaces, found on the key alone (a wide row
+            # never goes through the window), then every other row read as it stands
+            replaced = (f"SELECT filename, file_row_number FROM (SELECT filename, "
+                        f"file_row_number, row_number() OVER (PARTITION BY {key} ORDER BY "
+                        f"filename DESC, file_row_number DESC) AS rn__ FROM {source}) "
+                        "WHERE rn__ > 1")
             reader = con.sql(
-                f"SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
-                "ORDER BY filename DESC, file_row_number DESC) AS rn__ "
-                f"FROM read_parquet({files}, filename = true, file_row_number = true)) "
-                "WHERE rn__ = 1"
+                f"SELECT {columns} FROM {source} x ANTI JOIN ({replaced}) r "
+                "ON x.filename = r.filename AND x.file_row_number = r.file_row_number"
             ).to_arrow_reader(self.rows_per_batch())
             old_files, self.files = self.files, []
             self._prefix = "dedup"  # new files beside the old ones, which DuckDB is reading
