@@ -44,7 +44,7 @@ from resources.lake.staging import (
 )
 
 # DuckDB's memory (it spills the rest) to write the first history, and to compute the changes
-# after it; more when a row group needs it (see _memory_limit)
+# after it; more when a row group needs it (see _bound)
 _FIRST_MEMORY = 48 << 20
 _CHANGES_MEMORY = 128 << 20
 
@@ -86,12 +86,7 @@ def commit_history(location: Location, schema: str, staged: StagedTable, work_di
     spill = work_dir / f"history-{spec.name}.spill"
     con = location.register(duckdb.connect())
     try:
-        con.execute(f"SET temp_directory = {literal(str(spill))}")
-        limit = _memory_limit(con, [*location.data_files(existing), *staged.files],
-                              _CHANGES_MEMORY)
-        con.execute(f"SET memory_limit = '{limit}B'")
-        con.execute("SET threads = 1")
-        con.execute("SET preserve_insertion_order = false")
+        _bound(con, spill, [*location.data_files(existing), *staged.files], _CHANGES_MEMORY)
         at_sql = f"{literal(at.isoformat())}::TIMESTAMPTZ"
         empty_new = (f"(SELECT {', '.join(quote(f.name) for f in spec.full_schema)} "
                      f"FROM {_open_source(con, location, existing, history)} WHERE false)")
@@ -158,10 +153,7 @@ def _write_first(location: Location, staged: StagedTable, history: TableSpec, pa
               f"(SELECT * FROM {empty_relation(staged.spec.full_schema)})")
     con = location.register(duckdb.connect())
     try:
-        con.execute(f"SET temp_directory = {literal(str(spill))}")
-        con.execute(f"SET memory_limit = '{_memory_limit(con, staged.files, _FIRST_MEMORY)}B'")
-        con.execute("SET threads = 1")
-        con.execute("SET preserve_insertion_order = false")
+        _bound(con, spill, staged.files, _FIRST_MEMORY)
         con.execute(f"COPY (SELECT {select} FROM {source}) TO {literal(str(path))} "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {BATCH_ROWS}, "
                     f"ROW_GROUP_SIZE_BYTES {BATCH_BYTES})")
@@ -172,17 +164,20 @@ def _write_first(location: Location, staged: StagedTable, history: TableSpec, pa
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _memory_limit(con, files: list[str] | list[Path], base: int) -> int:
-    """DuckDB's memory limit to read these Parquet files: `base`, or more when a file has a
-    row group so large that DuckDB could not hold one of its columns in that (DuckDB reads a
-    row group's column at once: a row of megabytes of properties, or a file delta-rs wrote
-    before it was told to keep row groups small, a million rows in one)."""
-    if not files:
-        return base
-    (largest,) = con.execute(
-        "SELECT coalesce(max(total_compressed_size + total_uncompressed_size), 0) "
-        f"FROM parquet_metadata({parquet_list(files)})").fetchone()
-    return max(base, 2 * int(largest) + base // 2)
+def _bound(con, spill: Path, files: list[str] | list[Path], memory: int) -> None:
+    """One thread, spilling to `spill` past `memory`, or past more when a file has a row group
+    so large that DuckDB could not hold one of its columns in `memory` (DuckDB reads a row
+    group's column at once: a row of megabytes of properties, or a file delta-rs wrote before
+    it was told to keep row groups small, a million rows in one)."""
+    if files:
+        (largest,) = con.execute(
+            "SELECT coalesce(max(total_compressed_size + total_uncompressed_size), 0) "
+            f"FROM parquet_metadata({parquet_list(files)})").fetchone()
+        memory = max(memory, 2 * int(largest) + memory // 2)
+    con.execute(f"SET temp_directory = {literal(str(spill))}")
+    con.execute(f"SET memory_limit = '{memory}B'")
+    con.execute("SET threads = 1")
+    con.execute("SET preserve_insertion_order = false")
 
 
 def _open_source(con, location: Location, existing, history: TableSpec) -> str:

@@ -376,7 +376,7 @@ class StagedTable:
             arrays[column] = pa.repeat(self._scope, n)
         table = pa.Table.from_arrays(arrays, schema=self._schema)
         # rows per row group: the table's, unless they hold more than BATCH_BYTES
-        group_rows = max(1, min(n, n * BATCH_BYTES // max(1, table.nbytes)))
+        group_rows = rows_within(n, table.nbytes, n)
         offset = 0
         while offset < n:
             if self._parquet is None:
